@@ -1,0 +1,1 @@
+"""The FastAPI example app: ``make demo`` serves it in local mode."""

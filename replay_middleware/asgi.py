@@ -1,0 +1,198 @@
+"""ReplayMiddleware: the pure ASGI adapter (Starlette, FastAPI, Django under ASGI, Quart).
+
+Translates ASGI scopes and messages into engine calls and back (STYLE 3, 4): no business rule
+lives here. ``app.add_middleware(ReplayMiddleware, config=ReplayConfig(...))``; the decision
+is on ``request.state.replay`` and in ``current_replay()``.
+
+Protocol notes (H7): non-http scopes pass straight through; the response start is held only
+while the injector scans the head; ``http.response.pathsend``/``zerocopysend`` bodies are
+never rewritten; trailers and unknown messages pass through after anything held; the app's
+exceptions propagate unchanged; any exception of ours sends the app's original response
+(H9, fail open).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .config import ReplayConfig
+from .context import reset_current, set_current
+from .engine import HttpResponse, ReplayEngine, RequestState, encode_headers
+from .request import RequestInfo
+from .rewrite import ResponseRewriter
+from .sdk import AsyncSdkProvider, SdkUnavailable
+
+__all__ = ["ReplayMiddleware"]
+
+logger = logging.getLogger("replay_middleware")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Scope key set by the outermost copy of the middleware; inner copies step aside (H8).
+SCOPE_KEY = "replay_middleware"
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """Build the framework-neutral request view from an http scope."""
+    pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers") or ()]
+    client = scope.get("client")
+    return RequestInfo.from_pairs(
+        scope.get("method", "GET"),
+        scope.get("path", "/"),
+        pairs,
+        query_string=(scope.get("query_string") or b"").decode("latin-1"),
+        scheme=scope.get("scheme", "http"),
+        client=client[0] if client else None,
+    )
+
+
+class ReplayMiddleware:
+    """Adds Amplitude Session Replay to every HTML page of an ASGI app."""
+
+    def __init__(self, app: ASGIApp, config: ReplayConfig | None = None) -> None:
+        self.app = app
+        self.config = config or ReplayConfig()
+        self.engine = ReplayEngine(self.config)
+        self.sdk = AsyncSdkProvider(self.config.sdk_version)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or SCOPE_KEY in scope:
+            await self.app(scope, receive, send)
+            return
+        try:
+            request = request_info(scope)
+            if self.engine.is_endpoint(request.path):
+                await self._endpoint(request, receive, send)
+                return
+            state = self.engine.begin(request)
+        except Exception:
+            logger.exception("replay-middleware: request handling failed; passing the request through")
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_KEY] = state.context
+        scope.setdefault("state", {})["replay"] = state.context
+        token = set_current(state.context)
+        try:
+            await self.app(scope, receive, _Responder(self.engine, state, send).send)
+        finally:
+            reset_current(token)
+
+    async def _endpoint(self, request: RequestInfo, receive: Receive, send: Send) -> None:
+        result = self.engine.endpoint(request)
+        if result == "read_body":
+            body = await _read_body(receive, self.config.max_upload_bytes)
+            result = (
+                HttpResponse(413, [("content-type", "text/plain")], b"Payload size exceeded the limit")
+                if body is None
+                else self.engine.endpoint(request, body)
+            )
+        if result == "sdk":
+            try:
+                bundle = await self.sdk.get()
+            except SdkUnavailable as exc:
+                self.engine.log_once("sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR)
+                result = HttpResponse(503, [("content-type", "text/plain"), ("cache-control", "no-store"), ("retry-after", "60")], b"SDK unavailable")
+            else:
+                result = self.engine.sdk_response(request, bundle.body, bundle.etag)
+        assert isinstance(result, HttpResponse)
+        await send({"type": "http.response.start", "status": result.status, "headers": encode_headers(result.headers)})
+        await send({"type": "http.response.body", "body": result.body})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None as soon as it exceeds ``limit`` (never buffers more)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class _Responder:
+    """Wraps ``send`` for one response."""
+
+    def __init__(self, engine: ReplayEngine, state: RequestState, send: Send) -> None:
+        self.rewriter = ResponseRewriter(engine, state)
+        self._send = send
+        self._mode = "start"  # "start" → "scan" (holding) → "pass"
+        self._start: Message | None = None
+        self._held: list[bytes] = []
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self._mode == "pass":
+            await self._send(message)
+        elif kind == "http.response.start" and self._mode == "start":
+            await self._on_start(message)
+        elif kind == "http.response.body" and self._mode == "scan":
+            await self._on_body(message)
+        else:
+            # pathsend, zerocopysend, trailers, debug, or an unexpected order: whatever we
+            # held goes out unmodified first.
+            await self._flush_original()
+            await self._send(message)
+
+    async def _on_start(self, message: Message) -> None:
+        try:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers") or ()]
+            self.rewriter.start(message["status"], headers)
+        except Exception:
+            logger.exception("replay-middleware: failed deciding on a response; sending it untouched")
+            self._mode = "pass"
+            await self._send(message)
+            return
+        if self.rewriter.passthrough:
+            self._mode = "pass"
+            if self.rewriter.headers != headers:
+                message = {**message, "headers": encode_headers(self.rewriter.headers)}
+            await self._send(message)
+            return
+        self._mode = "scan"
+        self._start = message
+
+    async def _on_body(self, message: Message) -> None:
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        self._held.append(chunk)
+        try:
+            out = self.rewriter.body(chunk)
+            if not more:
+                out += self.rewriter.finish()
+            ready = self.rewriter.ready
+            headers = encode_headers(self.rewriter.headers) if ready else None
+        except Exception:
+            logger.exception("replay-middleware: failed rewriting a response; sending it untouched")
+            await self._flush_original(more_body=more)
+            return
+        if headers is None:
+            return
+        assert self._start is not None
+        self._mode = "pass"
+        self._held = []
+        await self._send({**self._start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": out, "more_body": more})
+
+    async def _flush_original(self, *, more_body: bool = True) -> None:
+        if self._mode != "scan":
+            self._mode = "pass"
+            return
+        self._mode = "pass"
+        assert self._start is not None
+        await self._send(self._start)
+        held, self._held = b"".join(self._held), []
+        if held or not more_body:
+            await self._send({"type": "http.response.body", "body": held, "more_body": more_body})

@@ -1,0 +1,439 @@
+"""ReplayConfig: every option of replay-middleware, validated once at start-up.
+
+Sans-IO: this module reads no files and opens no sockets; ``from_env`` only reads the mapping
+it is given (``os.environ`` by default).
+
+A ``ReplayConfig`` is a frozen, keyword-only dataclass. Bad values raise ``ValueError`` whose
+message names the option and the accepted values, so a typo in a settings file fails at start-up
+rather than silently disabling recording. ``from_env`` and ``from_mapping`` accept the same
+option names (case-insensitive, with or without the ``REPLAY_`` prefix) and coerce strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+if TYPE_CHECKING:
+    from .request import RequestInfo
+
+__all__ = ["DEFAULT_INJECT_STATUS", "SDK_OPTIONS", "ReplayConfig", "RouteRule"]
+
+#: A route rule: a glob string ("/admin/*"), a compiled regex, or a predicate
+#: ``(path, request_info) -> bool``.
+RouteRule = Union[str, "re.Pattern[str]", Callable[[str, "RequestInfo"], bool]]
+
+#: 200-299 and 400-599, except 204/205 (no body) and 206 (partial): SPEC §2.
+DEFAULT_INJECT_STATUS: frozenset[int] = frozenset(
+    s for s in (*range(200, 300), *range(400, 600)) if s not in (204, 205, 206)
+)
+
+#: SDK init options that may be passed through ``sdk_options`` (PROTOCOL §4.1). Options the
+#: middleware owns (apiKey, ids, URLs, sampleRate, serverZone, privacyConfig, optOut) are not
+#: here: they have their own settings. ``handleSendEvents``/``handleFetchConfig``/
+#: ``loggerProvider`` are functions and cannot travel in JSON.
+SDK_OPTIONS: frozenset[str] = frozenset(
+    {
+        "flushMaxRetries",
+        "logLevel",
+        "debugMode",
+        "shouldInlineStylesheet",
+        "inlineImages",
+        "storeType",
+        "useWebWorker",
+        "enableTransportCompression",
+        "sendTimeoutMs",
+        "performanceConfig",
+        "flushIntervalConfig",
+        "maxPersistedEventsSizeBytes",
+        "maxSingleEventSizeBytes",
+        "eagerFullSnapshotSend",
+        "captureFullSnapshotOnFocus",
+        "fullSnapshotIntervalMs",
+        "captureAdoptedStyleSheets",
+        "applyBackgroundColorToBlockedElements",
+        "enableUrlChangePolling",
+        "urlChangePollingInterval",
+        "captureDocumentTitle",
+        "interactionConfig",
+        "crossOriginIframes",
+        "userProperties",
+        "instanceName",
+    }
+)
+
+_MASK_LEVELS = ("light", "medium", "conservative")
+_PRIVACY_KEYS = {
+    "defaultMaskLevel",
+    "blockSelector",
+    "maskSelector",
+    "unmaskSelector",
+    "maskAttributes",
+    "urlMaskLevels",
+}
+_SAMESITE = ("Lax", "Strict", "None")
+_CLIENT_IP = ("mask", "full", "drop")
+# Ad-blocker filter lists match paths containing these words (EasyPrivacy has rules such as
+# "/amplitude." and "/analytics/"); warn when a prefix contains one (SPEC O4).
+_BLOCKED_WORDS = ("amplitude", "analytics", "track", "replay-browser", "telemetry", "beacon")
+
+
+def _callable_or_none(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ValueError(f"ReplayConfig: {name} must be a callable or None (got {value!r})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayConfig:
+    """All options of replay-middleware; see the README's configuration table.
+
+    Defaults give local mode (no ``api_key``): uploads stay on this machine.
+    """
+
+    # Project
+    api_key: str | None = None
+    server_zone: str = "US"
+    sample_rate: float = 0.0
+    opt_out: bool = False
+    # First-party endpoints
+    prefix: str = "/_replay"
+    public_origin: str | None = None
+    # Restricted routes
+    exclude: tuple[RouteRule, ...] = ()
+    include: tuple[RouteRule, ...] | None = None
+    # Identity
+    cookie_name: str = "replay_id"
+    cookie_domain: str | None = None
+    cookie_secure: bool | Literal["auto"] = "auto"
+    cookie_samesite: str = "Lax"
+    device_max_age: int = 365 * 24 * 3600
+    session_timeout: int = 30 * 60
+    secret_key: str | None = None
+    identify: Callable[[RequestInfo], tuple[str, int] | None] | None = None
+    # Privacy
+    privacy: Mapping[str, Any] = field(default_factory=dict)
+    route_mask_levels: Mapping[str, str] = field(default_factory=dict)
+    respect_gpc: bool = True
+    respect_dnt: bool = False
+    consent: Callable[[RequestInfo], bool | None] | None = None
+    # Injection
+    max_scan_bytes: int = 256 * 1024
+    inject_status: frozenset[int] = DEFAULT_INJECT_STATUS
+    inject_into_fragments: bool = False
+    inject_into_iframes: bool = False
+    # CSP
+    csp: str = "merge"
+    csp_report_only_merge: bool = True
+    # SDK
+    sdk_version: str = "1.51.6"
+    sdk_source: str = "first-party"
+    sdk_options: Mapping[str, Any] = field(default_factory=dict)
+    # Proxy (used by the upload proxy)
+    upstream_timeout: float = 8.0
+    max_upload_bytes: int = 10 * 1024 * 1024
+    trusted_proxies: tuple[str, ...] = ()
+    forward_client_ip: str = "mask"
+    config_cache_ttl: float = 60.0
+    http_client: Any = None
+    # Gates
+    force_sample: Callable[[RequestInfo], bool] | None = None
+    should_record: Callable[[RequestInfo], bool] | None = None
+    # Operability
+    debug_header: bool | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.api_key is not None:
+            if not isinstance(self.api_key, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", self.api_key):
+                raise ValueError(
+                    "ReplayConfig: api_key must be the project's API key "
+                    "(1-128 characters of A-Z, a-z, 0-9, '_' or '-'), or None for local mode"
+                )
+            if not self.secret_key:
+                raise ValueError(
+                    "ReplayConfig: secret_key is required when api_key is set "
+                    "(it signs the identity cookie); only local mode may run without one"
+                )
+        zone = str(self.server_zone).strip().upper()
+        if zone not in ("US", "EU"):
+            raise ValueError(f"ReplayConfig: server_zone must be one of 'US', 'EU' (got {self.server_zone!r})")
+        set_(self, "server_zone", zone)
+        rate = self.sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not 0 <= rate <= 1:
+            raise ValueError(f"ReplayConfig: sample_rate must be a number from 0 to 1 (got {rate!r})")
+        if round(float(rate), 6) != float(rate):
+            raise ValueError(
+                f"ReplayConfig: sample_rate supports at most 6 decimals, as the SDK (got {rate!r})"
+            )
+        set_(self, "sample_rate", float(rate))
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", self.prefix or ""):
+            raise ValueError(
+                "ReplayConfig: prefix must start with '/', must not end with '/', and may hold only "
+                f"letters, digits and '._~-' in its segments (got {self.prefix!r})"
+            )
+        if self.public_origin is not None:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", self.public_origin):
+                raise ValueError(
+                    "ReplayConfig: public_origin must be a scheme and host such as "
+                    f"'https://shop.example' with no path (got {self.public_origin!r})"
+                )
+        set_(self, "exclude", _rules("exclude", self.exclude))
+        if self.include is not None:
+            set_(self, "include", _rules("include", self.include))
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.cookie_name or ""):
+            raise ValueError(
+                f"ReplayConfig: cookie_name must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-' (got {self.cookie_name!r})"
+            )
+        if self.cookie_domain is not None and not re.fullmatch(r"\.?[A-Za-z0-9.-]+", self.cookie_domain):
+            raise ValueError(f"ReplayConfig: cookie_domain must be a host name (got {self.cookie_domain!r})")
+        if self.cookie_secure not in (True, False, "auto"):
+            raise ValueError(f"ReplayConfig: cookie_secure must be True, False or 'auto' (got {self.cookie_secure!r})")
+        samesite = str(self.cookie_samesite).capitalize()
+        if samesite not in _SAMESITE:
+            raise ValueError(f"ReplayConfig: cookie_samesite must be one of 'Lax', 'Strict', 'None' (got {self.cookie_samesite!r})")
+        if samesite == "None" and self.cookie_secure is False:
+            raise ValueError("ReplayConfig: cookie_samesite='None' requires cookie_secure True or 'auto'")
+        set_(self, "cookie_samesite", samesite)
+        _positive_int("device_max_age", self.device_max_age)
+        _positive_int("session_timeout", self.session_timeout)
+        _positive_int("max_scan_bytes", self.max_scan_bytes)
+        _positive_int("max_upload_bytes", self.max_upload_bytes)
+        if self.secret_key is not None and (not isinstance(self.secret_key, str) or len(self.secret_key) < 16):
+            raise ValueError("ReplayConfig: secret_key must be a string of at least 16 characters")
+        for name in ("identify", "consent", "force_sample", "should_record"):
+            _callable_or_none(name, getattr(self, name))
+        set_(self, "privacy", _privacy(self.privacy))
+        levels = dict(self.route_mask_levels)
+        for glob, level in levels.items():
+            if not isinstance(glob, str) or not glob.startswith("/") or level not in _MASK_LEVELS:
+                raise ValueError(
+                    "ReplayConfig: route_mask_levels maps path globs starting with '/' to one of "
+                    f"{', '.join(map(repr, _MASK_LEVELS))} (got {glob!r}: {level!r})"
+                )
+        set_(self, "route_mask_levels", MappingProxyType(levels))
+        status = frozenset(self.inject_status)
+        if not all(isinstance(s, int) and 100 <= s <= 599 for s in status):
+            raise ValueError("ReplayConfig: inject_status must be a set of HTTP status codes 100-599")
+        set_(self, "inject_status", status - {204, 205, 206, 304})
+        if self.csp not in ("merge", "off"):
+            raise ValueError(f"ReplayConfig: csp must be one of 'merge', 'off' (got {self.csp!r})")
+        if self.sdk_source not in ("first-party", "cdn"):
+            raise ValueError(f"ReplayConfig: sdk_source must be one of 'first-party', 'cdn' (got {self.sdk_source!r})")
+        if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", self.sdk_version):
+            raise ValueError(f"ReplayConfig: sdk_version must be a version such as '1.51.6' (got {self.sdk_version!r})")
+        opts = dict(self.sdk_options)
+        unknown = sorted(set(opts) - SDK_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"ReplayConfig: sdk_options has unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(sorted(SDK_OPTIONS))}"
+            )
+        try:
+            json.dumps(opts, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"ReplayConfig: sdk_options must be JSON-serialisable ({exc})") from None
+        set_(self, "sdk_options", MappingProxyType(opts))
+        if not (isinstance(self.upstream_timeout, (int, float)) and 0 < self.upstream_timeout <= 60):
+            raise ValueError(f"ReplayConfig: upstream_timeout must be seconds in (0, 60] (got {self.upstream_timeout!r})")
+        if self.forward_client_ip not in _CLIENT_IP:
+            raise ValueError(f"ReplayConfig: forward_client_ip must be one of 'mask', 'full', 'drop' (got {self.forward_client_ip!r})")
+        set_(self, "trusted_proxies", tuple(str(p) for p in self.trusted_proxies))
+        if not (isinstance(self.config_cache_ttl, (int, float)) and 0 <= self.config_cache_ttl <= 3600):
+            raise ValueError(f"ReplayConfig: config_cache_ttl must be seconds in [0, 3600] (got {self.config_cache_ttl!r})")
+
+    # -- derived values ------------------------------------------------------------------
+
+    @property
+    def local_mode(self) -> bool:
+        """No API key: uploads stay on this machine (SPEC L1)."""
+        return self.api_key is None
+
+    @property
+    def show_debug_header(self) -> bool:
+        """O2: the decision header is off by default and on in local mode."""
+        return self.local_mode if self.debug_header is None else self.debug_header
+
+    def startup_warnings(self) -> list[str]:
+        """Human-readable warnings to log once at start-up (SPEC O4)."""
+        warnings: list[str] = []
+        if self.local_mode:
+            warnings.append(
+                "replay-middleware runs in local mode (no api_key): recordings stay on this "
+                "machine and nothing is sent to Amplitude"
+            )
+        elif self.sample_rate == 0 and self.force_sample is None:
+            warnings.append(
+                "sample_rate is 0: no session will be recorded unless the project's remote "
+                "config sets a sample rate"
+            )
+        lowered = self.prefix.lower()
+        for word in _BLOCKED_WORDS:
+            if word in lowered:
+                warnings.append(
+                    f"prefix {self.prefix!r} contains {word!r}, which ad-blocker lists match; "
+                    "choose a neutral prefix"
+                )
+        return warnings
+
+    # -- constructors --------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ReplayConfig:
+        """Build a config from a mapping (a Django settings dict, ``app.config`` slice...).
+
+        Keys are option names, case-insensitive, with or without a ``REPLAY_`` prefix. String
+        values are coerced like environment variables; other values are used as they are.
+        Unknown keys raise ``ValueError`` naming the key and the accepted ones.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in data.items():
+            key = str(raw_key).lower()
+            if key.startswith("replay_"):
+                key = key[len("replay_") :]
+            if key not in fields:
+                raise ValueError(
+                    f"ReplayConfig: unknown option {raw_key!r}; accepted: {', '.join(sorted(fields))}"
+                )
+            kwargs[key] = _coerce(key, value) if isinstance(value, str) else value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, prefix: str = "REPLAY_") -> ReplayConfig:
+        """Build a config from ``REPLAY_*`` environment variables.
+
+        Lists (``REPLAY_EXCLUDE``, ``REPLAY_INCLUDE``, ``REPLAY_TRUSTED_PROXIES``) are
+        comma-separated; mappings (``REPLAY_PRIVACY``, ``REPLAY_SDK_OPTIONS``,
+        ``REPLAY_ROUTE_MASK_LEVELS``) are JSON. Callables cannot come from the environment.
+        Variables with the prefix that name no option raise ``ValueError``.
+        """
+        if environ is None:
+            import os
+
+            environ = os.environ
+        data = {k[len(prefix) :]: v for k, v in environ.items() if k.startswith(prefix)}
+        return cls.from_mapping(data)
+
+
+_CALLABLE_FIELDS = {"identify", "consent", "force_sample", "should_record", "http_client"}
+_BOOL_FIELDS = {
+    "opt_out",
+    "respect_gpc",
+    "respect_dnt",
+    "inject_into_fragments",
+    "inject_into_iframes",
+    "csp_report_only_merge",
+}
+_INT_FIELDS = {"device_max_age", "session_timeout", "max_scan_bytes", "max_upload_bytes"}
+_FLOAT_FIELDS = {"sample_rate", "upstream_timeout", "config_cache_ttl"}
+_LIST_FIELDS = {"exclude", "include", "trusted_proxies"}
+_JSON_FIELDS = {"privacy", "sdk_options", "route_mask_levels"}
+_OPTIONAL_STR = {"api_key", "secret_key", "cookie_domain", "public_origin"}
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"ReplayConfig: {key} must be a boolean: true/false, 1/0, yes/no, on/off (got {value!r})")
+
+
+def _coerce(key: str, value: str) -> Any:
+    """Coerce one string value (environment variable or settings string) to the field's type."""
+    if key in _CALLABLE_FIELDS:
+        raise ValueError(f"ReplayConfig: {key} must be a callable; it cannot be given as a string")
+    if key in _BOOL_FIELDS:
+        return _parse_bool(key, value)
+    if key in ("cookie_secure", "debug_header"):
+        if value.strip().lower() == "auto" and key == "cookie_secure":
+            return "auto"
+        return _parse_bool(key, value)
+    try:
+        if key in _INT_FIELDS:
+            return int(value.strip())
+        if key in _FLOAT_FIELDS:
+            return float(value.strip())
+    except ValueError:
+        raise ValueError(f"ReplayConfig: {key} must be a number (got {value!r})") from None
+    if key in _LIST_FIELDS:
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if key in _JSON_FIELDS:
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"ReplayConfig: {key} must be a JSON object ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"ReplayConfig: {key} must be a JSON object (got {value!r})")
+        return parsed
+    if key == "inject_status":
+        try:
+            return frozenset(int(p) for p in value.replace(" ", "").split(",") if p)
+        except ValueError:
+            raise ValueError(f"ReplayConfig: inject_status must be comma-separated status codes (got {value!r})") from None
+    if key in _OPTIONAL_STR:
+        return value.strip() or None
+    return value.strip()
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"ReplayConfig: {name} must be a positive integer (got {value!r})")
+
+
+def _rules(name: str, rules: Iterable[RouteRule] | str) -> tuple[RouteRule, ...]:
+    if isinstance(rules, str):
+        rules = (rules,)
+    out: list[RouteRule] = []
+    for rule in rules:
+        if isinstance(rule, str):
+            if not rule.startswith("/") and not rule.startswith("*"):
+                raise ValueError(f"ReplayConfig: {name} globs must start with '/' or '*' (got {rule!r})")
+        elif not isinstance(rule, re.Pattern) and not callable(rule):
+            raise ValueError(
+                f"ReplayConfig: {name} rules must be globs, compiled regexes or callables (got {rule!r})"
+            )
+        out.append(rule)
+    return tuple(out)
+
+
+def _privacy(privacy: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = dict(privacy)
+    unknown = sorted(set(data) - _PRIVACY_KEYS)
+    if unknown:
+        raise ValueError(
+            f"ReplayConfig: privacy has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(sorted(_PRIVACY_KEYS))}"
+        )
+    level = data.get("defaultMaskLevel")
+    if level is not None and level not in _MASK_LEVELS:
+        raise ValueError(
+            f"ReplayConfig: privacy.defaultMaskLevel must be one of {', '.join(map(repr, _MASK_LEVELS))} (got {level!r})"
+        )
+    for key in ("maskSelector", "unmaskSelector", "maskAttributes"):
+        if key in data and not (isinstance(data[key], list) and all(isinstance(s, str) for s in data[key])):
+            raise ValueError(f"ReplayConfig: privacy.{key} must be a list of strings")
+    block = data.get("blockSelector")
+    if block is not None and not (
+        isinstance(block, str) or (isinstance(block, list) and all(isinstance(s, str) for s in block))
+    ):
+        raise ValueError("ReplayConfig: privacy.blockSelector must be a string or a list of strings")
+    levels = data.get("urlMaskLevels")
+    if levels is not None and not (
+        isinstance(levels, list)
+        and all(
+            isinstance(x, dict) and isinstance(x.get("match"), str) and x.get("maskLevel") in _MASK_LEVELS
+            for x in levels
+        )
+    ):
+        raise ValueError(
+            "ReplayConfig: privacy.urlMaskLevels must be a list of {'match': glob, 'maskLevel': level}"
+        )
+    return MappingProxyType(data)

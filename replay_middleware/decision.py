@@ -1,0 +1,188 @@
+"""The per-request decision: is this session recorded here, and why (SPEC D1-D2, H1).
+
+Sans-IO and pure: ``decide`` maps a request, its identity and the effective sampling settings
+to a frozen ``ReplayContext``; ``response_skip_reason`` maps a status line and headers to the
+reason a response cannot carry the recorder (or None).
+
+D1 order, first failing check wins, each with a reason code:
+request not eligible (method, fragment, iframe) → excluded route → opted out (config, the
+visitor's own opt-out cookie, GPC, DNT, consent) → ``should_record`` gate → remote
+``capture_enabled: false`` → forced → in sample → not in sample.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import ReplayConfig
+from .headers import get_all, get_first, media_type, parse_cache_control, parse_content_length
+from .identity import Identity
+from .request import RequestInfo
+from .routes import RouteRules
+from .sampling import is_session_in_sample
+
+__all__ = ["MARKER_HEADER", "ReplayContext", "decide", "request_skip_reason", "response_skip_reason"]
+
+logger = logging.getLogger("replay_middleware.decision")
+
+#: Set on every response we injected into (H8); an outer copy of the middleware sees it and
+#: leaves the response alone.
+MARKER_HEADER = "x-replay-middleware"
+#: The decision and its reason (O2); off by default, on in local mode.
+DECISION_HEADER = "x-replay-decision"
+
+RECORDING_REASONS = frozenset({"in_sample", "forced"})
+
+
+@dataclass(frozen=True)
+class ReplayContext:
+    """What replay-middleware decided for one request.
+
+    ``sampled`` is True when this session is recorded on this route (whatever the response
+    turns out to be: an API call of a recorded session is "sampled", so backend events can
+    carry the replay id, R1). ``reason`` is the first D1 check that decided, and for a request
+    that cannot receive the recorder (a POST, a fragment) it names that instead.
+    """
+
+    device_id: str
+    session_id: int
+    sampled: bool
+    reason: str
+    sample_rate: float
+    forced: bool = False
+    identity_source: str = "cookie"
+    #: The request may receive an injected page (GET, not a fragment/iframe request).
+    eligible: bool = True
+
+    @property
+    def replay_id(self) -> str:
+        """``<device>/<session>``, Amplitude's "[Amplitude] Session Replay ID" format."""
+        return f"{self.device_id}/{self.session_id}"
+
+    def properties(self) -> dict[str, str]:
+        """R1: the replay property for analytics events, or {} when not recorded."""
+        if not self.sampled:
+            return {}
+        return {"[Amplitude] Session Replay ID": self.replay_id}
+
+
+def _call_gate(name: str, fn: object, request: RequestInfo, default: bool | None) -> bool | None:
+    try:
+        result = fn(request)  # type: ignore[operator]
+    except Exception:
+        logger.exception("%s callable raised; treating it as %r", name, default)
+        return default
+    return None if result is None else bool(result)
+
+
+def request_skip_reason(request: RequestInfo, config: ReplayConfig) -> str | None:
+    """H1's request-side checks: GET only; no fragment or iframe requests unless configured."""
+    if request.method != "GET":
+        return "method_not_get"
+    h = request.headers
+    if not config.inject_into_fragments:
+        if "hx-request" in h and "hx-boosted" not in h:
+            return "fragment_request"
+        if any(name in h for name in ("turbo-frame", "x-up-target", "x-pjax")):
+            return "fragment_request"
+        if h.get("sec-fetch-dest", "").strip().lower() == "empty":
+            return "fragment_request"
+    if not config.inject_into_iframes and h.get("sec-fetch-dest", "").strip().lower() in ("iframe", "frame"):
+        return "iframe_request"
+    return None
+
+
+def decide(
+    request: RequestInfo,
+    identity: Identity,
+    config: ReplayConfig,
+    routes: RouteRules,
+    *,
+    sample_rate: float | None = None,
+    capture_enabled: bool = True,
+) -> ReplayContext:
+    """Decide for one request (D1). ``sample_rate`` is the effective rate (S2): the project's
+    remote config when known, else ``config.sample_rate``."""
+    rate = config.sample_rate if sample_rate is None else sample_rate
+    forced = False
+    reason: str
+    route_reason = routes.excluded(request.path, request)
+    if route_reason is not None:
+        reason = route_reason
+    else:
+        reason = _opt_out_reason(request, config) or ""
+        if not reason and config.should_record is not None:
+            if not _call_gate("should_record", config.should_record, request, False):
+                reason = "should_record_false"
+        if not reason and not capture_enabled:
+            reason = "capture_disabled"
+        if not reason and config.force_sample is not None:
+            forced = bool(_call_gate("force_sample", config.force_sample, request, False))
+            if forced:
+                reason = "forced"
+        if not reason:
+            reason = "in_sample" if is_session_in_sample(identity.session_id, rate) else "not_in_sample"
+    sampled = reason in RECORDING_REASONS
+    request_reason = request_skip_reason(request, config)
+    return ReplayContext(
+        device_id=identity.device_id,
+        session_id=identity.session_id,
+        sampled=sampled,
+        reason=request_reason or reason,
+        sample_rate=rate,
+        forced=forced,
+        identity_source=identity.source,
+        eligible=request_reason is None,
+    )
+
+
+def _opt_out_reason(request: RequestInfo, config: ReplayConfig) -> str | None:
+    if config.opt_out:
+        return "opted_out_config"
+    if request.cookies.get(f"{config.cookie_name}_optout"):
+        return "opted_out_user"
+    if config.respect_gpc and request.headers.get("sec-gpc", "").strip() == "1":
+        return "opted_out_gpc"
+    if config.respect_dnt and request.headers.get("dnt", "").strip() == "1":
+        return "opted_out_dnt"
+    if config.consent is not None:
+        # No answer (None) or an error means no consent: recording needs a yes.
+        if not _call_gate("consent", config.consent, request, False):
+            return "no_consent"
+    return None
+
+
+# Charsets whose bytes are not ASCII-compatible: we never decode, so we cannot inject (H6).
+_NON_ASCII_CHARSETS = ("utf-16", "utf-32", "ucs-2", "ucs-4", "utf16", "utf32", "iso-2022", "utf-7", "cp1026", "ibm")
+
+
+def response_skip_reason(
+    status: int, headers: Sequence[tuple[str, str]], config: ReplayConfig
+) -> str | None:
+    """H1's response-side checks, H5's framing checks and H8's marker, in a fixed order."""
+    if get_first(headers, MARKER_HEADER) is not None:
+        return "already_injected"
+    if status not in config.inject_status:
+        return "status"
+    ctypes = get_all(headers, "content-type")
+    mtype, params = media_type(ctypes[0] if len(ctypes) == 1 else None)
+    if mtype != "text/html":
+        return "not_html"
+    charset = params.get("charset", "").strip().lower()
+    if charset.startswith(_NON_ASCII_CHARSETS):
+        return "charset"
+    encodings = [e.strip().lower() for v in get_all(headers, "content-encoding") for e in v.split(",")]
+    if any(e and e != "identity" for e in encodings):
+        return "encoded"
+    disposition = get_first(headers, "content-disposition")
+    if disposition is not None and disposition.split(";", 1)[0].strip().lower() == "attachment":
+        return "attachment"
+    if "no-transform" in parse_cache_control(get_all(headers, "cache-control")):
+        return "no_transform"
+    if status == 206 or get_first(headers, "content-range") is not None:
+        return "partial"
+    if parse_content_length(headers) is False:
+        return "bad_length"
+    return None

@@ -1,0 +1,356 @@
+"""ReplayEngine: everything about a request that is the same for ASGI and WSGI.
+
+Sans-IO: built once per middleware from a ``ReplayConfig`` (it reads the loader file from the
+package at start-up and nothing else), then answers pure questions: which identity and
+decision a request gets (``begin``), what a first-party endpoint answers (``endpoint``), how a
+response is rewritten (``rewriter``, see ``rewrite.py``). The adapters only translate their
+world's request and response into these calls and back (STYLE 3).
+
+The engine never changes after ``__init__`` (STYLE 5), except the set of log-once keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .config import ReplayConfig
+from .cookies import dump_cookie
+from .csp import CspNeeds
+from .decision import ReplayContext, decide
+from .identity import IdentityCodec, IdentityResult, resolve_identity
+from .request import RequestInfo
+from .routes import RouteRules, glob_to_regex
+from .sdk import CDN_BASE, pin_for, static_dir
+from .snippet import SnippetRenderer, SnippetSettings
+from .store import MemoryStore
+
+__all__ = ["HttpResponse", "ReplayEngine", "RequestState"]
+
+logger = logging.getLogger("replay_middleware")
+
+#: Amplitude's regional hosts (PROTOCOL §1.1, §1.8), used in direct mode.
+TRACK_URLS = {
+    "US": "https://api-sr.amplitude.com/sessions/v2/track",
+    "EU": "https://api-sr.eu.amplitude.com/sessions/v2/track",
+}
+CONFIG_URLS = {
+    "US": "https://sr-client-cfg.amplitude.com/config",
+    "EU": "https://sr-client-cfg.eu.amplitude.com/config",
+}
+#: The key the SDK is given in local mode: it only names localStorage entries and the
+#: ``/config/<key>`` path, which the middleware answers itself.
+LOCAL_API_KEY = "local"
+#: A remote config that lets the SDK record with the local sample rate (PROTOCOL §1.5).
+LOCAL_REMOTE_CONFIG = b'{"configs":{"sessionReplay":{}}}'
+
+# Reasons for which no identity cookie is written: the visitor opted out (a privacy signal
+# must not be answered with a tracking cookie) or the page is a restricted area.
+_NO_COOKIE_REASONS = frozenset(
+    {"opted_out_config", "opted_out_user", "opted_out_gpc", "opted_out_dnt", "no_consent",
+     "excluded_route", "not_included"}
+)
+# Reasons that hold for every visitor of a page, so they also apply to cacheable pages.
+ROUTE_LEVEL_REASONS = frozenset({"excluded_route", "not_included", "opted_out_config", "capture_disabled"})
+
+_NO_STORE = ("cache-control", "no-store")
+_IMMUTABLE = ("cache-control", "public, max-age=31536000, immutable")
+_JS = ("content-type", "text/javascript; charset=utf-8")
+_JSON = ("content-type", "application/json")
+_NOSNIFF = ("x-content-type-options", "nosniff")
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A complete response of a first-party endpoint."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """The per-request values the adapters carry from ``begin`` to the response."""
+
+    request: RequestInfo
+    context: ReplayContext
+    identity: IdentityResult
+    secure: bool
+
+    def cookie_headers(self, engine: ReplayEngine) -> list[tuple[str, str]]:
+        """``Set-Cookie`` for the identity when it changed and this visitor may get one (I4)."""
+        if self.identity.cookie_value is None or self.context.reason in _NO_COOKIE_REASONS:
+            return []
+        return [("set-cookie", engine.identity_cookie(self.identity.cookie_value, self.secure))]
+
+
+@dataclass
+class _LogOnce:
+    seen: set[str] = field(default_factory=set)
+
+    def __call__(self, key: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            logger.log(level, msg, *args)
+
+
+class ReplayEngine:
+    """The framework-neutral heart of the middleware; one per middleware instance."""
+
+    def __init__(self, config: ReplayConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.log_once = _LogOnce()
+        self.routes = RouteRules(config.exclude, config.include)
+        secret = config.secret_key
+        if secret is None:
+            # Local mode only (ReplayConfig refuses an api_key without a secret).
+            secret = secrets.token_urlsafe(32)
+            logger.warning(
+                "replay-middleware: no secret_key; using a random per-process key, so identity "
+                "cookies are reset when the process restarts"
+            )
+        self.codec = IdentityCodec(secret)
+        for warning in (*config.startup_warnings(), *self.routes.browser_warnings):
+            logger.warning("replay-middleware: %s", warning)
+
+        prefix = config.prefix
+        self.prefix = prefix
+        self.loader_body = (static_dir() / "loader.js").read_bytes()
+        digest = hashlib.sha256(self.loader_body).hexdigest()
+        self.loader_hash = digest[:16]
+        self.loader_etag = f'"{digest[:32]}"'
+        self.loader_path = f"{prefix}/loader-{self.loader_hash}.js"
+        pin = pin_for(config.sdk_version)
+        if config.sdk_source == "cdn":
+            sdk_url = f"{CDN_BASE}/session-replay-browser-{config.sdk_version}-min.js.gz"
+        else:
+            sdk_url = f"{prefix}/sdk/{config.sdk_version}.js"
+        self.sdk_path = f"{prefix}/sdk/{config.sdk_version}.js"
+
+        origin = config.public_origin
+        first_party_source = f"{origin}{prefix}/" if origin else "'self'"
+        if config.local_mode:
+            endpoints: dict[str, str] | None = {"track": f"{prefix}/track", "config": f"{prefix}/config"}
+            connect_urls: tuple[str, ...] = (f"{prefix}/track", f"{prefix}/config/{LOCAL_API_KEY}")
+            connect_sources: tuple[str, ...] = (first_party_source, first_party_source)
+        else:
+            endpoints = None
+            track, cfg = TRACK_URLS[config.server_zone], CONFIG_URLS[config.server_zone]
+            connect_urls = (track, f"{cfg}/{config.api_key}")
+            connect_sources = (_origin_of(track), _origin_of(cfg))
+        use_worker = config.sdk_options.get("useWebWorker", True) is not False
+        self.csp_needs = CspNeeds(
+            script_urls=(self.loader_path, sdk_url),
+            script_source=first_party_source,
+            connect_urls=connect_urls,
+            connect_sources=connect_sources,
+            public_origin=origin,
+            use_worker=use_worker,
+            merge_report_only=config.csp_report_only_merge,
+        )
+        base_options: dict[str, Any] = {"serverZone": config.server_zone, **config.sdk_options}
+        if config.privacy:
+            base_options["privacyConfig"] = json.loads(json.dumps(dict(config.privacy)))
+        self.renderer = SnippetRenderer(
+            SnippetSettings(
+                api_key=config.api_key or LOCAL_API_KEY,
+                loader_url=self.loader_path,
+                sdk_url=sdk_url,
+                sdk_integrity=pin.sri,
+                session_url=f"{prefix}/session",
+                cookie_name=config.cookie_name,
+                session_timeout_ms=config.session_timeout * 1000,
+                endpoints=endpoints,
+                base_options=base_options,
+                routes=self.routes.to_js(),
+            )
+        )
+        self._mask_levels = tuple(
+            (re.compile(glob_to_regex(glob)), level) for glob, level in config.route_mask_levels.items()
+        )
+        self._no_routes = RouteRules((), None)
+        self.store = MemoryStore() if config.local_mode else None
+
+    # -- per request ------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def begin(self, request: RequestInfo, *, sample_rate: float | None = None, capture_enabled: bool = True) -> RequestState:
+        """Resolve the identity and the decision of an application request."""
+        identity = resolve_identity(request, self.config, self.codec, self.now_ms())
+        ctx = decide(
+            request,
+            identity.identity,
+            self.config,
+            self.routes,
+            sample_rate=sample_rate,
+            capture_enabled=capture_enabled,
+        )
+        if identity.event:
+            logger.debug("identity: %s (source %s)", identity.event, identity.identity.source)
+        return RequestState(request, ctx, identity, self._is_secure(request))
+
+    def _is_secure(self, request: RequestInfo) -> bool:
+        if self.config.cookie_secure == "auto":
+            return request.is_secure or (self.config.public_origin or "").startswith("https://")
+        return bool(self.config.cookie_secure)
+
+    def identity_cookie(self, value: str, secure: bool) -> str:
+        c = self.config
+        return dump_cookie(
+            c.cookie_name,
+            value,
+            max_age=c.device_max_age,
+            domain=c.cookie_domain,
+            secure=secure or c.cookie_samesite == "None",
+            samesite=c.cookie_samesite,
+        )
+
+    def snippet_options(self, ctx: ReplayContext | None, *, use_web_worker: bool) -> dict[str, Any]:
+        """Per-request SDK options: the sample rate the SDK should apply and CSP-driven ones."""
+        options: dict[str, Any] = {}
+        if ctx is not None:
+            # A forced session must pass the SDK's own sampling too (PROTOCOL §3.4).
+            options["sampleRate"] = 1 if ctx.forced else ctx.sample_rate
+        else:
+            options["sampleRate"] = self.config.sample_rate
+        if not use_web_worker:
+            options["useWebWorker"] = False
+        return options
+
+    def mask_level_for(self, path: str) -> str | None:
+        for rx, level in self._mask_levels:
+            if rx.search(path):
+                return level
+        return None
+
+    def render_snippet(
+        self,
+        state: RequestState | None,
+        *,
+        nonce: str | None,
+        per_user: bool,
+        use_web_worker: bool = True,
+        static_sdk: bool = False,
+    ) -> str:
+        """The snippet for one response; ``per_user`` False gives the cache-safe form (H10)."""
+        ctx = state.context if state is not None and per_user else None
+        options = self.snippet_options(ctx, use_web_worker=use_web_worker)
+        if state is not None:
+            level = self.mask_level_for(RouteRules.normalize(state.request.path))
+            if level:
+                privacy = dict(self.renderer.settings.base_options.get("privacyConfig") or {})
+                privacy["defaultMaskLevel"] = level
+                options["privacyConfig"] = privacy
+        ids = None
+        if ctx is not None:
+            ident = state.identity.identity  # type: ignore[union-attr]
+            ids = (ident.device_id, ident.session_id, ident.last_activity)
+        return self.renderer.render(
+            nonce=nonce,
+            ids=ids,
+            record=None if ctx is None else ctx.sampled,
+            options=options,
+            static_sdk=static_sdk,
+        )
+
+    # -- first-party endpoints -----------------------------------------------------------------
+
+    def is_endpoint(self, path: str) -> bool:
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    def endpoint(self, request: RequestInfo, body: bytes | None = None) -> HttpResponse | str:
+        """Answer a request under the prefix. Returns ``"sdk"`` when the adapter must serve the
+        SDK bundle (its source may need I/O), ``"read_body"`` when the endpoint needs the
+        request body and ``body`` was not given."""
+        path = request.path[len(self.prefix) :]
+        method = request.method
+        if path == self.loader_path[len(self.prefix) :] or (path.startswith("/loader-") and path.endswith(".js")):
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed("GET, HEAD")
+            exact = path == self.loader_path[len(self.prefix) :]
+            # An old hash (a page cached before a deploy) gets the current loader, briefly cached.
+            cache = _IMMUTABLE if exact else ("cache-control", "public, max-age=300")
+            return self._static(request, self.loader_body, self.loader_etag, [_JS, cache, _NOSNIFF])
+        if path == self.sdk_path[len(self.prefix) :]:
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed("GET, HEAD")
+            return "sdk"
+        if path == "/session":
+            if method != "GET":
+                return _method_not_allowed("GET")
+            return self._session(request)
+        if self.store is not None:
+            if path == "/track":
+                if method != "POST":
+                    return _method_not_allowed("POST")
+                if body is None:
+                    return "read_body"
+                return self._local_track(request, body)
+            if path.startswith("/config/") and "/" not in path[len("/config/") :]:
+                if method not in ("GET", "HEAD"):
+                    return _method_not_allowed("GET, HEAD")
+                return HttpResponse(200, [_JSON, _NO_STORE], LOCAL_REMOTE_CONFIG)
+        return HttpResponse(404, [("content-type", "text/plain; charset=utf-8"), _NO_STORE], b"Not Found")
+
+    def sdk_response(self, request: RequestInfo, body: bytes, etag: str) -> HttpResponse:
+        return self._static(request, body, etag, [_JS, _IMMUTABLE, _NOSNIFF])
+
+    @staticmethod
+    def _static(request: RequestInfo, body: bytes, etag: str, headers: list[tuple[str, str]]) -> HttpResponse:
+        headers = [*headers, ("etag", etag)]
+        inm = request.headers.get("if-none-match", "")
+        if etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*":
+            return HttpResponse(304, headers)
+        headers.append(("content-length", str(len(body))))
+        return HttpResponse(200, headers, b"" if request.method == "HEAD" else body)
+
+    def _session(self, request: RequestInfo) -> HttpResponse:
+        """I5: the current ids, rolling the session if it timed out. Route rules are the
+        loader's business here (this request's path is the endpoint's, not the page's)."""
+        identity = resolve_identity(request, self.config, self.codec, self.now_ms())
+        ctx = decide(request, identity.identity, self.config, self._no_routes)
+        ctx = replace(ctx, reason=ctx.reason if ctx.eligible else "in_sample" if ctx.sampled else "not_in_sample")
+        state = RequestState(request, ctx, identity, self._is_secure(request))
+        ident = identity.identity
+        payload = {
+            "deviceId": ident.device_id,
+            "sessionId": ident.session_id,
+            "lastActivity": ident.last_activity,
+            "record": ctx.sampled,
+        }
+        headers = [_JSON, _NO_STORE, *state.cookie_headers(self)]
+        if self.config.show_debug_header:
+            headers.append(("x-replay-decision", ctx.reason))
+        return HttpResponse(200, headers, json.dumps(payload).encode())
+
+    def _local_track(self, request: RequestInfo, body: bytes) -> HttpResponse:
+        assert self.store is not None
+        if len(body) > self.config.max_upload_bytes:
+            # The SDK splits a batch on 413 only when the text matches /payload.*exceed/i.
+            return HttpResponse(413, [("content-type", "text/plain"), _NO_STORE], b"Payload size exceeded the limit")
+        self.store.add(request.query_string, dict(request.headers), body, self.now_ms())
+        return HttpResponse(200, [_JSON, _NO_STORE], b'{"code":200}')
+
+
+def _method_not_allowed(allow: str) -> HttpResponse:
+    return HttpResponse(405, [("allow", allow), ("content-type", "text/plain; charset=utf-8"), _NO_STORE], b"Method Not Allowed")
+
+
+def _origin_of(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def encode_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]

@@ -1,0 +1,224 @@
+"""Identity: the device id and session id a request belongs to (SPEC I1-I5).
+
+Sans-IO: takes a ``RequestInfo`` and the current time in ms, returns frozen values; the
+adapters write the cookie.
+
+Sources, first match wins:
+
+1. the app's ``identify`` hook;
+2. the Amplitude Analytics Browser SDK cookie ``AMP_<first 10 chars of api_key>`` (PROTOCOL
+   §7.1), so replays line up with analytics events;
+3. Segment's ``ajs_anonymous_id`` + ``analytics_session_id`` cookies (PROTOCOL §7.2), while
+   Segment's session is fresh;
+4. our own signed cookie (``<device>.<session>.<last activity>.<signature>``, readable by the
+   browser loader, signed with itsdangerous so a visitor cannot pick ids);
+5. a fresh identity: UUID4 device, session id = now in ms.
+
+A missing, malformed, expired or tampered cookie never raises (I2): a fresh identity is minted
+and the reason is logged at debug level.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass, replace
+from urllib.parse import unquote
+
+from itsdangerous import BadSignature, Signer
+
+from .config import ReplayConfig
+from .request import RequestInfo
+
+__all__ = ["Identity", "IdentityCodec", "IdentityResult", "resolve_identity"]
+
+logger = logging.getLogger("replay_middleware.identity")
+
+# Session ids are ms epoch timestamps. Amplitude answers 200 + "X-Session-Replay-Event-Skipped:
+# 4004" (session out of valid range) for unrealistic ones (PROTOCOL §9), so ids from unsigned
+# sources (AMP, Segment, the hook) must look like a timestamp after 2015 and not in the future.
+_MIN_SESSION_MS = 1_420_070_400_000  # 2015-01-01
+_FUTURE_SLACK_MS = 24 * 3600 * 1000
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
+_OUR_DEVICE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_SEGMENT_SESSION_LENGTH_MS = 30 * 60 * 1000  # Segment's default sessionLength
+_MAX_COOKIE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The ids one request is attributed to."""
+
+    device_id: str
+    session_id: int
+    last_activity: int
+    source: str = "cookie"  # "cookie" | "new" | "amplitude" | "segment" | "hook"
+
+
+@dataclass(frozen=True)
+class IdentityResult:
+    """The identity plus what the adapter must do about the cookie."""
+
+    identity: Identity
+    #: The cookie value to write, or None when the request's cookie is already right.
+    cookie_value: str | None
+    #: Why a fresh identity or session was started (debug logging, tests), or None.
+    event: str | None = None
+
+
+class IdentityCodec:
+    """Signs and reads our identity cookie value: ``device.session.last.signature``."""
+
+    def __init__(self, secret_key: str) -> None:
+        self._signer = Signer(secret_key, salt="replay-middleware.identity.v1")
+
+    def dumps(self, identity: Identity) -> str:
+        payload = f"{identity.device_id}.{identity.session_id}.{identity.last_activity}"
+        return self._signer.sign(payload).decode("ascii")
+
+    def loads(self, value: str) -> Identity | None:
+        """The identity in ``value``, or None when it is malformed or its signature is bad."""
+        if not value or len(value) > _MAX_COOKIE_CHARS:
+            return None
+        try:
+            payload = self._signer.unsign(value).decode("ascii")
+        except (BadSignature, UnicodeError):
+            return None
+        parts = payload.split(".")
+        if len(parts) != 3 or not _OUR_DEVICE_ID.fullmatch(parts[0]):
+            return None
+        if not (parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()):
+            return None
+        return Identity(parts[0], int(parts[1]), int(parts[2]), "cookie")
+
+
+def _plausible_session(value: object, now_ms: int) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and _MIN_SESSION_MS <= value <= now_ms + _FUTURE_SLACK_MS:
+        return value
+    return None
+
+
+def _plausible_device(value: object) -> str | None:
+    if isinstance(value, str) and _DEVICE_ID.fullmatch(value):
+        return value
+    return None
+
+
+def _amplitude_cookie(value: str, now_ms: int) -> tuple[str, int] | None:
+    """Decode ``btoa(encodeURIComponent(JSON.stringify(obj)))`` (AC storage/cookie.js:215).
+
+    Rails 7 adds one more URL-encoding layer, which the SDK also accepts (:338-362).
+    """
+    if len(value) > _MAX_COOKIE_CHARS:
+        return None
+    for candidate in (value, unquote(value)):
+        try:
+            raw = base64.b64decode(candidate + "=" * (-len(candidate) % 4), validate=True)
+            data = json.loads(unquote(raw.decode("ascii")))
+        except (ValueError, UnicodeError):
+            continue
+        if not isinstance(data, dict):
+            return None
+        device = _plausible_device(data.get("deviceId"))
+        session = _plausible_session(data.get("sessionId"), now_ms)
+        if device and session:
+            return device, session
+        return None
+    return None
+
+
+def _segment_cookies(cookies: dict[str, str], now_ms: int) -> tuple[str, int] | None:
+    anon = cookies.get("ajs_anonymous_id")
+    session_raw = cookies.get("analytics_session_id")
+    if not anon or not session_raw:
+        return None
+    anon = unquote(anon).strip()
+    if len(anon) >= 2 and anon[0] == anon[-1] == '"':
+        anon = anon[1:-1]  # analytics.js stores the id JSON-encoded
+    device = _plausible_device(anon)
+    session = _plausible_session(session_raw, now_ms)
+    if not device or not session:
+        return None
+    last = _plausible_session(cookies.get("analytics_session_id.last_access"), now_ms) or session
+    if now_ms - last >= _SEGMENT_SESSION_LENGTH_MS:
+        return None  # Segment will start a new session on its next event; ours decides now
+    return device, session
+
+
+def amplitude_cookie_name(api_key: str) -> str:
+    """``AMP_`` + first 10 characters of the key (AC cookie-name.js:2-5)."""
+    return f"AMP_{api_key[:10]}"
+
+
+def resolve_identity(
+    request: RequestInfo,
+    config: ReplayConfig,
+    codec: IdentityCodec,
+    now_ms: int,
+    *,
+    touch: bool = True,
+) -> IdentityResult:
+    """Resolve the identity of ``request`` at ``now_ms``.
+
+    With ``touch`` (page views, uploads, ``/session``) the session's last activity moves to
+    now and a timed-out session rolls over to a new session id; without it (a cacheable
+    response that must not carry per-user data) nothing changes and no cookie is written.
+    """
+    cookies = dict(request.cookies)
+    own_raw = cookies.get(config.cookie_name)
+    own = codec.loads(own_raw) if own_raw else None
+    if own_raw and own is None:
+        logger.debug("identity cookie rejected (malformed or bad signature); minting a new one")
+    timeout_ms = config.session_timeout * 1000
+
+    external: tuple[str, int] | None = None
+    source = ""
+    if config.identify is not None:
+        supplied = config.identify(request)
+        if supplied is not None:
+            device = _plausible_device(supplied[0])
+            session = _plausible_session(supplied[1], now_ms)
+            if device and session:
+                external, source = (device, session), "hook"
+            else:
+                logger.debug("identify hook returned implausible ids; ignoring them")
+    if external is None and config.api_key:
+        amp = cookies.get(amplitude_cookie_name(config.api_key))
+        if amp:
+            external = _amplitude_cookie(amp, now_ms)
+            source = "amplitude" if external else ""
+    if external is None:
+        external = _segment_cookies(cookies, now_ms)
+        source = "segment" if external else ""
+
+    event: str | None = None
+    if external is not None:
+        identity = Identity(external[0], external[1], now_ms, source)
+    elif own is None:
+        event = "new_device"
+        identity = Identity(str(uuid.uuid4()), now_ms, now_ms, "new")
+    elif own.session_id > now_ms + _FUTURE_SLACK_MS or own.last_activity > now_ms + _FUTURE_SLACK_MS:
+        # A signed cookie from the future means a clock jump on the server; start over.
+        event = "clock_skew"
+        identity = Identity(own.device_id, now_ms, now_ms, "cookie")
+    elif touch and now_ms - own.last_activity > timeout_ms:
+        event = "session_timeout"
+        identity = Identity(own.device_id, now_ms, now_ms, "cookie")
+    elif touch:
+        identity = replace(own, last_activity=now_ms)
+    else:
+        identity = own
+
+    if not touch:
+        return IdentityResult(identity, None, event)
+    value = codec.dumps(identity)
+    return IdentityResult(identity, None if value == own_raw else value, event)

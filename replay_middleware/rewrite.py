@@ -1,0 +1,179 @@
+"""ResponseRewriter: one response's state machine, shared by the ASGI and WSGI adapters.
+
+Sans-IO. The adapter calls ``start(status, headers)`` with the app's status line, then
+``body(chunk)`` for every body chunk and ``finish()`` at the end, sending the bytes each call
+returns. ``ready`` tells when the final headers (``headers``) may be sent: at once for a
+response we leave alone (``passthrough``), or once the injector has found the insertion point
+or given up — until then the start of the response is held (at most ``max_scan_bytes``, H4).
+
+If any call raises, the adapter sends the app's original headers and the original bytes it
+held (H9, fail open); this class never needs to be consulted again after that.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+
+from .csp import CspResult, merge_meta_csp, merge_response_csp, new_nonce
+from .decision import DECISION_HEADER, MARKER_HEADER, response_skip_reason
+from .engine import ROUTE_LEVEL_REASONS, ReplayEngine, RequestState
+from .headers import is_shared_cacheable, parse_content_length
+from .injection import Injector, Insertion, MetaPolicy
+from .snippet import DATA_BLOCK_ID
+
+__all__ = ["ResponseRewriter"]
+
+logger = logging.getLogger("replay_middleware")
+
+Headers = list[tuple[str, str]]
+
+# Representation metadata that no longer matches a modified body (H5).
+_DROP_WHEN_MODIFIED = frozenset({"content-md5", "digest", "repr-digest", "content-digest", "accept-ranges"})
+
+
+class ResponseRewriter:
+    """Decides about one response and rewrites its body when it gets the snippet."""
+
+    def __init__(self, engine: ReplayEngine, state: RequestState) -> None:
+        self.engine = engine
+        self.state = state
+        self.passthrough = True
+        self.ready = False
+        self.reason: str | None = None
+        self.headers: Headers = []
+        self._original: Headers = []
+        self._pending: Headers = []
+        self._extra: Headers = []
+        self._injector: Injector | None = None
+        self._csp: CspResult | None = None
+        self._per_user = True
+
+    # -- decision on the status line ---------------------------------------------------------
+
+    def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        engine, ctx = self.engine, self.state.context
+        config = engine.config
+        self._original = list(headers)
+        reason = ctx.reason if not ctx.eligible else response_skip_reason(status, headers, config)
+        cacheable = reason is None and is_shared_cacheable(headers)
+        if reason is None and not cacheable:
+            # An HTML page for this visitor: keep the identity (sticky sampling, I1, I4).
+            self._extra = self.state.cookie_headers(engine)
+        if reason is None:
+            if cacheable:
+                # H10: no per-user values, no Set-Cookie; the loader resolves ids itself.
+                self._per_user = False
+                if ctx.reason in ROUTE_LEVEL_REASONS:
+                    reason = ctx.reason
+            elif not ctx.sampled:
+                reason = ctx.reason
+        if reason is None and config.csp == "merge":
+            self._csp = merge_response_csp(headers, engine.csp_needs, new_nonce())
+            if not self._csp.feasible:
+                reason = self._csp.reason or "csp"
+                engine.log_once(f"csp:{reason}", "replay-middleware: page CSP makes injection impossible (%s); skipping", reason)
+        if reason is not None:
+            self._finish_passthrough(reason)
+            return
+        self.passthrough = False
+        self._pending = list(self._csp.headers) if self._csp is not None else list(headers)
+        self._injector = Injector(self._render, max_scan_bytes=config.max_scan_bytes, marker=DATA_BLOCK_ID.encode())
+
+    def _finish_passthrough(self, reason: str) -> None:
+        self.reason = reason
+        self.passthrough = True
+        self.ready = True
+        self.headers = self._original + self._extra + self._debug(reason)
+
+    def _debug(self, reason: str) -> Headers:
+        if not self.engine.config.show_debug_header:
+            return []
+        return [(DECISION_HEADER, reason)]
+
+    # -- the insertion point -------------------------------------------------------------------
+
+    def _render(self, metas: Sequence[MetaPolicy]) -> Insertion | str:
+        csp = self._csp
+        nonce = csp.nonce if csp is not None else new_nonce()
+        use_worker = csp.use_web_worker if csp is not None else True
+        trusted_types = csp.trusted_types if csp is not None else False
+        rewrites: dict[int, bytes] = {}
+        if self.engine.config.csp == "merge":
+            for index, meta in enumerate(metas):
+                merged = merge_meta_csp(meta.content, self.engine.csp_needs, nonce)
+                if not merged.feasible:
+                    return merged.reason or "csp_meta"
+                use_worker = use_worker and merged.use_web_worker
+                trusted_types = trusted_types or merged.trusted_types
+                if merged.changed:
+                    rewrites[index] = b'"' + html.escape(merged.content, quote=True).encode("ascii", "xmlcharrefreplace") + b'"'
+        snippet = self.engine.render_snippet(
+            self.state,
+            nonce=nonce,
+            per_user=self._per_user,
+            use_web_worker=use_worker,
+            static_sdk=trusted_types,
+        )
+        return Insertion(snippet=snippet.encode("ascii"), meta_rewrites=rewrites)
+
+    # -- the body -----------------------------------------------------------------------------
+
+    def body(self, chunk: bytes) -> bytes:
+        if self._injector is None:
+            return chunk
+        out = self._injector.feed(chunk)
+        if not self.ready and self._injector.done:
+            self._decided()
+        return out
+
+    def finish(self) -> bytes:
+        if self._injector is None:
+            return b""
+        out = self._injector.close()
+        if not self.ready:
+            self._decided()
+        return out
+
+    def _decided(self) -> None:
+        injector = self._injector
+        assert injector is not None
+        if not injector.injected:
+            reason = injector.reason or "no_anchor"
+            if reason in ("scan_limit", "fragment", "utf16"):
+                self.engine.log_once(f"inject:{reason}", "replay-middleware: page not injected (%s)", reason)
+            self._finish_passthrough(reason)
+            return
+        self.reason = "injected"
+        headers: Headers = []
+        length = parse_content_length(self._pending)
+        for name, value in self._pending:
+            key = name.lower()
+            if key in _DROP_WHEN_MODIFIED:
+                continue
+            if key == "content-length":
+                if isinstance(length, int) and not isinstance(length, bool):
+                    headers.append((name, str(length + injector.added)))
+                continue
+            if key == "etag" and not value.lstrip().startswith("W/"):
+                value = "W/" + value.strip()
+            headers.append((name, value))
+        if self._per_user:
+            _add_vary_cookie(headers)
+        headers.append((MARKER_HEADER, "injected"))
+        self.headers = headers + self._extra + self._debug(self.state.context.reason)
+        self.passthrough = False
+        self.ready = True
+
+
+def _add_vary_cookie(headers: Headers) -> None:
+    """H10: the injected markup depends on the visitor's cookie."""
+    for i, (name, value) in enumerate(headers):
+        if name.lower() == "vary":
+            tokens = [t.strip().lower() for t in value.split(",")]
+            if "*" in tokens or "cookie" in tokens:
+                return
+            headers[i] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
+            return
+    headers.append(("vary", "Cookie"))

@@ -1,0 +1,314 @@
+"""The ASGI adapter, driven with hand-built scopes and a recording ``send`` (STYLE 19)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from replay_middleware import ReplayConfig, ReplayMiddleware, current_replay, get_replay_properties
+from replay_middleware.asgi import Message, Receive, Scope, Send
+
+pytestmark = pytest.mark.anyio
+
+PAGE = b"<!DOCTYPE html><html><head><title>t</title></head><body><p>hi</p></body></html>"
+HTML = [(b"content-type", b"text/html; charset=utf-8")]
+
+
+def scope(path: str = "/", method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any) -> Scope:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": list(headers), "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), **extra,
+    }
+
+
+def responder(*messages: Message, seen: list[Scope] | None = None) -> Any:
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        if seen is not None:
+            seen.append(s)
+        for m in messages:
+            await send(m)
+    return app
+
+
+def start(status: int = 200, headers: Sequence[tuple[bytes, bytes]] = HTML) -> Message:
+    return {"type": "http.response.start", "status": status, "headers": list(headers)}
+
+
+def body(data: bytes, more: bool = False) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+async def run(app: Any, s: Scope, *, config: ReplayConfig | None = None) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(m: Message) -> None:
+        sent.append(m)
+
+    mw = ReplayMiddleware(app, config=config or ReplayConfig(sample_rate=1))
+    await mw(s, receive, send)
+    return sent
+
+
+def headers_of(m: Message) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in m["headers"]:
+        out.setdefault(k.decode().lower(), []).append(v.decode())
+    return out
+
+
+def whole_body(sent: list[Message]) -> bytes:
+    return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+@pytest.fixture(autouse=True)
+def fixed_nonce(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("replay_middleware.rewrite.new_nonce", lambda: "TESTNONCE")
+
+
+async def test_html_page_gets_snippet_before_head_end_with_exact_length() -> None:
+    app = responder(start(headers=[*HTML, (b"content-length", str(len(PAGE)).encode()), (b"etag", b'"abc"')]), body(PAGE))
+    sent = await run(app, scope())
+    out = whole_body(sent)
+    head, _, rest = out.partition(b"</head>")
+    assert head.startswith(b"<!DOCTYPE html><html><head><title>t</title><script type=\"application/json\" id=\"replay-middleware-config\">")
+    assert head.endswith(b' nonce="TESTNONCE" id="replay-middleware-loader"></script>')
+    assert rest == b"<body><p>hi</p></body></html>"
+    h = headers_of(sent[0])
+    assert h["content-length"] == [str(len(out))]
+    assert h["etag"] == ['W/"abc"']
+    assert h["x-replay-middleware"] == ["injected"]
+    assert h["vary"] == ["Cookie"]
+    assert h["set-cookie"][0].startswith("replay_id=")
+
+
+async def test_json_response_is_byte_identical() -> None:
+    original = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+    sent = await run(responder(start(headers=original), body(b"{}")), scope(), config=ReplayConfig(sample_rate=1, debug_header=False))
+    assert sent == [start(headers=original), body(b"{}")]
+
+
+async def test_head_request_is_untouched() -> None:
+    original = [*HTML, (b"content-length", b"80")]
+    sent = await run(responder(start(headers=original), body(b"")), scope(method="HEAD"), config=ReplayConfig(sample_rate=1, debug_header=False))
+    assert sent == [start(headers=original), body(b"")]
+
+
+async def test_streaming_without_length_forwards_chunks_and_adds_no_length() -> None:
+    chunks = [b"<!doctype html><html><he", b"ad><title>x</title></he", b"ad><body>", b"<p>1</p>", b"</body></html>"]
+    app = responder(start(), *[body(c, more=True) for c in chunks], body(b""))
+    sent = await run(app, scope())
+    assert "content-length" not in headers_of(sent[0])
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    # Nothing is held once the head has ended: the later chunks go out one by one, unchanged.
+    assert [m["body"] for m in bodies[-3:]] == [b"<p>1</p>", b"</body></html>", b""]
+    assert whole_body(sent).count(b"replay-middleware-config") == 1
+
+
+async def test_unsampled_session_gets_no_snippet_but_keeps_its_cookie() -> None:
+    sent = await run(responder(start(), body(PAGE)), scope(), config=ReplayConfig(sample_rate=0, debug_header=False))
+    assert whole_body(sent) == PAGE
+    h = headers_of(sent[0])
+    assert "x-replay-middleware" not in h
+    assert h["set-cookie"][0].startswith("replay_id=")  # sticky sampling needs a stable session
+
+
+async def test_excluded_route_gets_nothing() -> None:
+    config = ReplayConfig(sample_rate=1, exclude=("/account/billing",))
+    sent = await run(responder(start(), body(PAGE)), scope("/account/billing/x"), config=config)
+    assert whole_body(sent) == PAGE
+    h = headers_of(sent[0])
+    assert "set-cookie" not in h
+    assert h["x-replay-decision"] == ["excluded_route"]
+
+
+async def test_gpc_visitor_gets_no_snippet_and_no_cookie() -> None:
+    sent = await run(responder(start(), body(PAGE)), scope(headers=[(b"sec-gpc", b"1")]))
+    assert whole_body(sent) == PAGE
+    assert "set-cookie" not in headers_of(sent[0])
+
+
+async def test_shared_cacheable_page_gets_user_agnostic_snippet_and_no_cookie() -> None:
+    app = responder(start(headers=[*HTML, (b"cache-control", b"public, max-age=600")]), body(PAGE))
+    sent = await run(app, scope())
+    out = whole_body(sent)
+    assert b'"ids":null' in out and b'"record":null' in out
+    h = headers_of(sent[0])
+    assert "set-cookie" not in h and "vary" not in h
+
+
+async def test_non_http_scopes_pass_straight_through() -> None:
+    seen: list[Scope] = []
+    for kind in ("websocket", "lifespan"):
+        s = {"type": kind}
+        sent = await run(responder({"type": "x"}, seen=seen), s)
+        assert sent == [{"type": "x"}]
+    assert seen == [{"type": "websocket"}, {"type": "lifespan"}]
+
+
+async def test_pathsend_passes_through_with_original_start() -> None:
+    original = [*HTML, (b"content-length", b"100")]
+    app = responder(start(headers=original), {"type": "http.response.pathsend", "path": "/tmp/x.html"})
+    sent = await run(app, scope(), config=ReplayConfig(sample_rate=1, debug_header=False))
+    assert sent[0]["headers"] == original
+    assert sent[1] == {"type": "http.response.pathsend", "path": "/tmp/x.html"}
+
+
+async def test_trailers_pass_through_after_the_body() -> None:
+    trailers = {"type": "http.response.trailers", "headers": [(b"x-checksum", b"1")], "more_trailers": False}
+    app = responder({**start(), "trailers": True}, body(PAGE), trailers)
+    sent = await run(app, scope())
+    assert sent[-1] == trailers
+    assert b"replay-middleware-config" in whole_body(sent)
+
+
+async def test_app_exception_propagates_unchanged() -> None:
+    class Boom(Exception):
+        pass
+
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        await send(start())
+        await send(body(b"<!doctype html><html><head>", more=True))
+        raise Boom
+
+    with pytest.raises(Boom):
+        await run(app, scope())
+
+
+async def test_client_disconnect_error_propagates_from_send() -> None:
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        await send(start())
+        await send(body(PAGE))
+
+    async def broken_send(m: Message) -> None:
+        raise OSError("client went away")
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(OSError, match="client went away"):
+        await ReplayMiddleware(app, config=ReplayConfig(sample_rate=1))(scope(), receive, broken_send)
+
+
+async def test_fail_open_when_our_code_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a: object, **k: object) -> str:
+        raise RuntimeError("renderer bug")
+
+    monkeypatch.setattr("replay_middleware.engine.ReplayEngine.render_snippet", broken)
+    original = [*HTML, (b"content-length", str(len(PAGE)).encode())]
+    chunks = [PAGE[:20], PAGE[20:]]
+    sent = await run(responder(start(headers=original), body(chunks[0], True), body(chunks[1])), scope())
+    assert sent[0]["headers"] == original
+    assert whole_body(sent) == PAGE
+
+
+async def test_installed_twice_injects_once() -> None:
+    config = ReplayConfig(sample_rate=1)
+    inner = ReplayMiddleware(responder(start(), body(PAGE)), config=config)
+    sent = await run(inner, scope(), config=config)
+    assert whole_body(sent).count(b"replay-middleware-config") == 1
+    assert len(headers_of(sent[0])["set-cookie"]) == 1
+
+
+async def test_page_that_already_holds_the_snippet_is_not_injected_again() -> None:
+    page = PAGE.replace(b"</head>", b'<script type="application/json" id="replay-middleware-config">{}</script></head>')
+    sent = await run(responder(start(), body(page)), scope())
+    assert whole_body(sent) == page
+
+
+async def test_context_is_on_request_state_and_in_current_replay() -> None:
+    got: dict[str, Any] = {}
+
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        got["state"] = s["state"]["replay"]
+        got["current"] = current_replay()
+        got["props"] = get_replay_properties()
+        await send(start(headers=[(b"content-type", b"application/json")]))
+        await send(body(b"{}"))
+
+    await run(app, scope("/api"))
+    ctx = got["state"]
+    assert got["current"] is ctx and ctx.sampled
+    assert got["props"] == {"[Amplitude] Session Replay ID": f"{ctx.device_id}/{ctx.session_id}"}
+    assert current_replay() is None
+
+
+async def test_unknown_path_under_prefix_is_404_and_never_reaches_the_app() -> None:
+    seen: list[Scope] = []
+    sent = await run(responder(start(), body(b""), seen=seen), scope("/_replay/../admin"))
+    assert sent[0]["status"] == 404 and seen == []
+
+
+async def test_loader_is_served_with_immutable_caching() -> None:
+    mw = ReplayMiddleware(responder(), config=ReplayConfig())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+        r = await client.get(mw.engine.loader_path)
+        assert r.status_code == 200
+        assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert r.headers["content-type"].startswith("text/javascript")
+        assert b"replayMiddleware" in r.content
+        again = await client.get(mw.engine.loader_path, headers={"if-none-match": r.headers["etag"]})
+        assert again.status_code == 304
+        assert (await client.post(mw.engine.loader_path)).status_code == 405
+
+
+async def test_sdk_bundle_is_served_first_party() -> None:
+    mw = ReplayMiddleware(responder(), config=ReplayConfig())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+        r = await client.get("/_replay/sdk/1.51.6.js")
+        assert r.status_code == 200
+        assert len(r.content) == 472_630
+        assert r.headers["cache-control"].endswith("immutable")
+        assert (await client.get("/_replay/sdk/1.0.0.js")).status_code == 404
+
+
+async def test_session_endpoint_returns_ids_and_sets_cookie() -> None:
+    mw = ReplayMiddleware(responder(), config=ReplayConfig(sample_rate=1))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+        r = await client.get("/_replay/session")
+        data = r.json()
+        assert r.headers["cache-control"] == "no-store"
+        assert data["record"] is True
+        cookie = client.cookies["replay_id"]
+        assert cookie.startswith(f"{data['deviceId']}.{data['sessionId']}.")
+        again = (await client.get("/_replay/session")).json()
+        assert (again["deviceId"], again["sessionId"]) == (data["deviceId"], data["sessionId"])
+
+
+async def test_local_mode_config_and_track_endpoints() -> None:
+    mw = ReplayMiddleware(responder(), config=ReplayConfig(sample_rate=1, max_upload_bytes=1000))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+        r = await client.get("/_replay/config/local?config_group=browser")
+        assert r.json() == {"configs": {"sessionReplay": {}}}
+        ok = await client.post("/_replay/track?device_id=d&session_id=1&type=replay", content=b'{"version":1,"events":[]}',
+                               headers={"cookie": "secret=1"})
+        assert ok.status_code == 200
+        big = await client.post("/_replay/track", content=b"x" * 2000)
+        assert big.status_code == 413 and re.search(r"payload.*exceed", big.text, re.I)
+    assert mw.engine.store is not None
+    [upload] = mw.engine.store.uploads()
+    assert upload.query_string == "device_id=d&session_id=1&type=replay"
+    assert "cookie" not in upload.headers
+
+
+async def test_example_app_through_asgi_transport() -> None:
+    from examples.fastapi_app.app import create_app
+
+    app = create_app(ReplayConfig(sample_rate=1, exclude=("/account/billing",)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        home = await client.get("/")
+        assert home.status_code == 200 and b"replay-middleware-config" in home.content
+        data = json.loads(re.search(rb'id="replay-middleware-config">(\{.*?\})</script>', home.content).group(1))  # type: ignore[union-attr]
+        assert str(data["ids"]["sessionId"]) in client.cookies["replay_id"]
+        billing = await client.get("/account/billing")
+        assert b"replay-middleware" not in billing.content
+        who = (await client.get("/api/whoami")).json()
+        assert who["replay"] == {"[Amplitude] Session Replay ID": f"{data['ids']['deviceId']}/{data['ids']['sessionId']}"}

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from urllib.parse import quote
+
+import pytest
+
+from replay_middleware import ReplayConfig, RequestInfo
+from replay_middleware.identity import IdentityCodec, resolve_identity
+
+NOW = 1_735_689_600_000
+SECRET = "test-secret-key-0123456789"
+CONFIG = ReplayConfig(api_key="0123456789abcdef", secret_key=SECRET)
+CODEC = IdentityCodec(SECRET)
+
+
+def req(cookie: str = "") -> RequestInfo:
+    pairs = [("cookie", cookie)] if cookie else []
+    return RequestInfo.from_pairs("GET", "/", pairs)
+
+
+def test_first_visit_mints_uuid4_device_and_now_session() -> None:
+    result = resolve_identity(req(), CONFIG, CODEC, NOW)
+    ident = result.identity
+    assert uuid.UUID(ident.device_id).version == 4
+    assert ident.session_id == NOW and ident.last_activity == NOW
+    assert result.cookie_value is not None and result.event == "new_device"
+
+
+def test_cookie_round_trip_keeps_session_and_slides_activity() -> None:
+    first = resolve_identity(req(), CONFIG, CODEC, NOW)
+    cookie = f"replay_id={first.cookie_value}"
+    later = resolve_identity(req(cookie), CONFIG, CODEC, NOW + 60_000)
+    assert later.identity.device_id == first.identity.device_id
+    assert later.identity.session_id == NOW
+    assert later.identity.last_activity == NOW + 60_000
+
+
+def test_session_rolls_over_after_inactivity() -> None:
+    first = resolve_identity(req(), CONFIG, CODEC, NOW)
+    later = resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000)
+    assert later.identity.device_id == first.identity.device_id
+    assert later.identity.session_id == NOW + 31 * 60_000
+    assert later.event == "session_timeout"
+
+
+def test_without_touch_nothing_changes_and_no_cookie_is_written() -> None:
+    first = resolve_identity(req(), CONFIG, CODEC, NOW)
+    later = resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000, touch=False)
+    assert later.identity.session_id == NOW
+    assert later.cookie_value is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("garbage", id="garbage"),
+        pytest.param("", id="empty"),
+        pytest.param("x" * 10_000, id="huge"),
+        pytest.param(f"{uuid.uuid4()}.{NOW}.{NOW}.forged", id="forged-signature"),
+        pytest.param("\u00e9t\u00e9.1.2.3", id="non-ascii"),
+    ],
+)
+def test_bad_cookies_never_raise_and_mint_a_fresh_identity(value: str) -> None:
+    result = resolve_identity(req(f"replay_id={value}"), CONFIG, CODEC, NOW)
+    assert result.identity.source == "new"
+
+
+def test_tampered_ids_are_rejected() -> None:
+    first = resolve_identity(req(), CONFIG, CODEC, NOW)
+    assert first.cookie_value is not None
+    device, session, last, sig = first.cookie_value.split(".")
+    tampered = f"{device}.{int(session) - 1}.{last}.{sig}"
+    assert resolve_identity(req(f"replay_id={tampered}"), CONFIG, CODEC, NOW).identity.source == "new"
+
+
+def test_cookie_signed_with_another_secret_is_rejected() -> None:
+    other = IdentityCodec("another-secret-key-987654321")
+    first = resolve_identity(req(), CONFIG, other, NOW)
+    assert resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW).identity.source == "new"
+
+
+def amp_cookie(data: dict[str, object]) -> str:
+    return base64.b64encode(quote(json.dumps(data)).encode()).decode()
+
+
+def test_amplitude_analytics_cookie_wins() -> None:
+    value = amp_cookie({"deviceId": "amp-device-1", "sessionId": NOW - 5000, "optOut": False})
+    result = resolve_identity(req(f"AMP_0123456789={value}"), CONFIG, CODEC, NOW)
+    assert (result.identity.device_id, result.identity.session_id) == ("amp-device-1", NOW - 5000)
+    assert result.identity.source == "amplitude"
+
+
+def test_amplitude_cookie_with_extra_url_encoding_is_accepted() -> None:
+    value = quote(amp_cookie({"deviceId": "amp-device-2", "sessionId": NOW}))
+    result = resolve_identity(req(f"AMP_0123456789={value}"), CONFIG, CODEC, NOW)
+    assert result.identity.device_id == "amp-device-2"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param({"deviceId": "d", "sessionId": 0}, id="zero-session"),
+        pytest.param({"deviceId": "d", "sessionId": NOW * 10}, id="future-session"),
+        pytest.param({"deviceId": "<script>", "sessionId": NOW}, id="hostile-device"),
+        pytest.param({"sessionId": NOW}, id="no-device"),
+    ],
+)
+def test_implausible_amplitude_cookie_is_ignored(data: dict[str, object]) -> None:
+    result = resolve_identity(req(f"AMP_0123456789={amp_cookie(data)}"), CONFIG, CODEC, NOW)
+    assert result.identity.source == "new"
+
+
+def test_segment_cookies_are_an_identity_source_while_fresh() -> None:
+    cookie = (
+        'ajs_anonymous_id=%22seg-anon-1%22; analytics_session_id=1735689000000; '
+        "analytics_session_id.last_access=1735689500000"
+    )
+    result = resolve_identity(req(cookie), CONFIG, CODEC, NOW)
+    assert (result.identity.device_id, result.identity.session_id) == ("seg-anon-1", 1735689000000)
+    stale = resolve_identity(req(cookie), CONFIG, CODEC, NOW + 40 * 60_000)
+    assert stale.identity.source == "new"
+
+
+def test_identify_hook_wins_over_everything() -> None:
+    config = ReplayConfig(api_key="0123456789abcdef", secret_key=SECRET, identify=lambda r: ("user-42", NOW - 1))
+    value = amp_cookie({"deviceId": "amp-device-1", "sessionId": NOW - 5000})
+    result = resolve_identity(req(f"AMP_0123456789={value}"), config, CODEC, NOW)
+    assert (result.identity.device_id, result.identity.session_id, result.identity.source) == ("user-42", NOW - 1, "hook")
