@@ -72,7 +72,9 @@ class ReplayMiddleware:
                 return
             state = self.engine.begin(request)
         except Exception:
-            logger.exception("replay-middleware: request handling failed; passing the request through")
+            logger.exception(
+                "replay-middleware: request handling failed; passing the request through"
+            )
             await self.app(scope, receive, send)
             return
         scope[SCOPE_KEY] = state.context
@@ -88,7 +90,9 @@ class ReplayMiddleware:
         if result == "read_body":
             body = await _read_body(receive, self.config.max_upload_bytes)
             result = (
-                HttpResponse(413, [("content-type", "text/plain")], b"Payload size exceeded the limit")
+                HttpResponse(
+                    413, [("content-type", "text/plain")], b"Payload size exceeded the limit"
+                )
                 if body is None
                 else self.engine.endpoint(request, body)
             )
@@ -96,12 +100,28 @@ class ReplayMiddleware:
             try:
                 bundle = await self.sdk.get()
             except SdkUnavailable as exc:
-                self.engine.log_once("sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR)
-                result = HttpResponse(503, [("content-type", "text/plain"), ("cache-control", "no-store"), ("retry-after", "60")], b"SDK unavailable")
+                self.engine.log_once(
+                    "sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR
+                )
+                result = HttpResponse(
+                    503,
+                    [
+                        ("content-type", "text/plain"),
+                        ("cache-control", "no-store"),
+                        ("retry-after", "60"),
+                    ],
+                    b"SDK unavailable",
+                )
             else:
                 result = self.engine.sdk_response(request, bundle.body, bundle.etag)
         assert isinstance(result, HttpResponse)
-        await send({"type": "http.response.start", "status": result.status, "headers": encode_headers(result.headers)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": result.status,
+                "headers": encode_headers(result.headers),
+            }
+        )
         await send({"type": "http.response.body", "body": result.body})
 
 
@@ -148,10 +168,14 @@ class _Responder:
 
     async def _on_start(self, message: Message) -> None:
         try:
-            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers") or ()]
+            headers = [
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers") or ()
+            ]
             self.rewriter.start(message["status"], headers)
         except Exception:
-            logger.exception("replay-middleware: failed deciding on a response; sending it untouched")
+            logger.exception(
+                "replay-middleware: failed deciding on a response; sending it untouched"
+            )
             self._mode = "pass"
             await self._send(message)
             return

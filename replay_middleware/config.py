@@ -150,7 +150,9 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         if self.api_key is not None:
-            if not isinstance(self.api_key, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", self.api_key):
+            if not isinstance(self.api_key, str) or not re.fullmatch(
+                r"[A-Za-z0-9_-]{1,128}", self.api_key
+            ):
                 raise ValueError(
                     "ReplayConfig: api_key must be the project's API key "
                     "(1-128 characters of A-Z, a-z, 0-9, '_' or '-'), or None for local mode"
@@ -162,11 +164,20 @@ class ReplayConfig:
                 )
         zone = str(self.server_zone).strip().upper()
         if zone not in ("US", "EU"):
-            raise ValueError(f"ReplayConfig: server_zone must be one of 'US', 'EU' (got {self.server_zone!r})")
+            raise ValueError(
+                f"ReplayConfig: server_zone must be one of 'US', 'EU' (got {self.server_zone!r})"
+            )
         set_(self, "server_zone", zone)
         rate = self.sample_rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not 0 <= rate <= 1:
-            raise ValueError(f"ReplayConfig: sample_rate must be a number from 0 to 1 (got {rate!r})")
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not math.isfinite(rate)
+            or not 0 <= rate <= 1
+        ):
+            raise ValueError(
+                f"ReplayConfig: sample_rate must be a number from 0 to 1 (got {rate!r})"
+            )
         if round(float(rate), 6) != float(rate):
             raise ValueError(
                 f"ReplayConfig: sample_rate supports at most 6 decimals, as the SDK (got {rate!r})"
@@ -177,12 +188,13 @@ class ReplayConfig:
                 "ReplayConfig: prefix must start with '/', must not end with '/', and may hold only "
                 f"letters, digits and '._~-' in its segments (got {self.prefix!r})"
             )
-        if self.public_origin is not None:
-            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", self.public_origin):
-                raise ValueError(
-                    "ReplayConfig: public_origin must be a scheme and host such as "
-                    f"'https://shop.example' with no path (got {self.public_origin!r})"
-                )
+        if self.public_origin is not None and not re.fullmatch(
+            r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", self.public_origin
+        ):
+            raise ValueError(
+                "ReplayConfig: public_origin must be a scheme and host such as "
+                f"'https://shop.example' with no path (got {self.public_origin!r})"
+            )
         set_(self, "exclude", _rules("exclude", self.exclude))
         if self.include is not None:
             set_(self, "include", _rules("include", self.include))
@@ -190,21 +202,33 @@ class ReplayConfig:
             raise ValueError(
                 f"ReplayConfig: cookie_name must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-' (got {self.cookie_name!r})"
             )
-        if self.cookie_domain is not None and not re.fullmatch(r"\.?[A-Za-z0-9.-]+", self.cookie_domain):
-            raise ValueError(f"ReplayConfig: cookie_domain must be a host name (got {self.cookie_domain!r})")
+        if self.cookie_domain is not None and not re.fullmatch(
+            r"\.?[A-Za-z0-9.-]+", self.cookie_domain
+        ):
+            raise ValueError(
+                f"ReplayConfig: cookie_domain must be a host name (got {self.cookie_domain!r})"
+            )
         if self.cookie_secure not in (True, False, "auto"):
-            raise ValueError(f"ReplayConfig: cookie_secure must be True, False or 'auto' (got {self.cookie_secure!r})")
+            raise ValueError(
+                f"ReplayConfig: cookie_secure must be True, False or 'auto' (got {self.cookie_secure!r})"
+            )
         samesite = str(self.cookie_samesite).capitalize()
         if samesite not in _SAMESITE:
-            raise ValueError(f"ReplayConfig: cookie_samesite must be one of 'Lax', 'Strict', 'None' (got {self.cookie_samesite!r})")
+            raise ValueError(
+                f"ReplayConfig: cookie_samesite must be one of 'Lax', 'Strict', 'None' (got {self.cookie_samesite!r})"
+            )
         if samesite == "None" and self.cookie_secure is False:
-            raise ValueError("ReplayConfig: cookie_samesite='None' requires cookie_secure True or 'auto'")
+            raise ValueError(
+                "ReplayConfig: cookie_samesite='None' requires cookie_secure True or 'auto'"
+            )
         set_(self, "cookie_samesite", samesite)
         _positive_int("device_max_age", self.device_max_age)
         _positive_int("session_timeout", self.session_timeout)
         _positive_int("max_scan_bytes", self.max_scan_bytes)
         _positive_int("max_upload_bytes", self.max_upload_bytes)
-        if self.secret_key is not None and (not isinstance(self.secret_key, str) or len(self.secret_key) < 16):
+        if self.secret_key is not None and (
+            not isinstance(self.secret_key, str) or len(self.secret_key) < 16
+        ):
             raise ValueError("ReplayConfig: secret_key must be a string of at least 16 characters")
         for name in ("identify", "consent", "force_sample", "should_record"):
             _callable_or_none(name, getattr(self, name))
@@ -219,14 +243,20 @@ class ReplayConfig:
         set_(self, "route_mask_levels", MappingProxyType(levels))
         status = frozenset(self.inject_status)
         if not all(isinstance(s, int) and 100 <= s <= 599 for s in status):
-            raise ValueError("ReplayConfig: inject_status must be a set of HTTP status codes 100-599")
+            raise ValueError(
+                "ReplayConfig: inject_status must be a set of HTTP status codes 100-599"
+            )
         set_(self, "inject_status", status - {204, 205, 206, 304})
         if self.csp not in ("merge", "off"):
             raise ValueError(f"ReplayConfig: csp must be one of 'merge', 'off' (got {self.csp!r})")
         if self.sdk_source not in ("first-party", "cdn"):
-            raise ValueError(f"ReplayConfig: sdk_source must be one of 'first-party', 'cdn' (got {self.sdk_source!r})")
+            raise ValueError(
+                f"ReplayConfig: sdk_source must be one of 'first-party', 'cdn' (got {self.sdk_source!r})"
+            )
         if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", self.sdk_version):
-            raise ValueError(f"ReplayConfig: sdk_version must be a version such as '1.51.6' (got {self.sdk_version!r})")
+            raise ValueError(
+                f"ReplayConfig: sdk_version must be a version such as '1.51.6' (got {self.sdk_version!r})"
+            )
         opts = dict(self.sdk_options)
         unknown = sorted(set(opts) - SDK_OPTIONS)
         if unknown:
@@ -237,15 +267,27 @@ class ReplayConfig:
         try:
             json.dumps(opts, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"ReplayConfig: sdk_options must be JSON-serialisable ({exc})") from None
+            raise ValueError(
+                f"ReplayConfig: sdk_options must be JSON-serialisable ({exc})"
+            ) from None
         set_(self, "sdk_options", MappingProxyType(opts))
-        if not (isinstance(self.upstream_timeout, (int, float)) and 0 < self.upstream_timeout <= 60):
-            raise ValueError(f"ReplayConfig: upstream_timeout must be seconds in (0, 60] (got {self.upstream_timeout!r})")
+        if not (
+            isinstance(self.upstream_timeout, (int, float)) and 0 < self.upstream_timeout <= 60
+        ):
+            raise ValueError(
+                f"ReplayConfig: upstream_timeout must be seconds in (0, 60] (got {self.upstream_timeout!r})"
+            )
         if self.forward_client_ip not in _CLIENT_IP:
-            raise ValueError(f"ReplayConfig: forward_client_ip must be one of 'mask', 'full', 'drop' (got {self.forward_client_ip!r})")
+            raise ValueError(
+                f"ReplayConfig: forward_client_ip must be one of 'mask', 'full', 'drop' (got {self.forward_client_ip!r})"
+            )
         set_(self, "trusted_proxies", tuple(str(p) for p in self.trusted_proxies))
-        if not (isinstance(self.config_cache_ttl, (int, float)) and 0 <= self.config_cache_ttl <= 3600):
-            raise ValueError(f"ReplayConfig: config_cache_ttl must be seconds in [0, 3600] (got {self.config_cache_ttl!r})")
+        if not (
+            isinstance(self.config_cache_ttl, (int, float)) and 0 <= self.config_cache_ttl <= 3600
+        ):
+            raise ValueError(
+                f"ReplayConfig: config_cache_ttl must be seconds in [0, 3600] (got {self.config_cache_ttl!r})"
+            )
 
     # -- derived values ------------------------------------------------------------------
 
@@ -305,7 +347,9 @@ class ReplayConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, prefix: str = "REPLAY_") -> ReplayConfig:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, prefix: str = "REPLAY_"
+    ) -> ReplayConfig:
         """Build a config from ``REPLAY_*`` environment variables.
 
         Lists (``REPLAY_EXCLUDE``, ``REPLAY_INCLUDE``, ``REPLAY_TRUSTED_PROXIES``) are
@@ -343,7 +387,9 @@ def _parse_bool(key: str, value: str) -> bool:
         return True
     if v in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"ReplayConfig: {key} must be a boolean: true/false, 1/0, yes/no, on/off (got {value!r})")
+    raise ValueError(
+        f"ReplayConfig: {key} must be a boolean: true/false, 1/0, yes/no, on/off (got {value!r})"
+    )
 
 
 def _coerce(key: str, value: str) -> Any:
@@ -377,7 +423,9 @@ def _coerce(key: str, value: str) -> Any:
         try:
             return frozenset(int(p) for p in value.replace(" ", "").split(",") if p)
         except ValueError:
-            raise ValueError(f"ReplayConfig: inject_status must be comma-separated status codes (got {value!r})") from None
+            raise ValueError(
+                f"ReplayConfig: inject_status must be comma-separated status codes (got {value!r})"
+            ) from None
     if key in _OPTIONAL_STR:
         return value.strip() or None
     return value.strip()
@@ -395,7 +443,9 @@ def _rules(name: str, rules: Iterable[RouteRule] | str) -> tuple[RouteRule, ...]
     for rule in rules:
         if isinstance(rule, str):
             if not rule.startswith("/") and not rule.startswith("*"):
-                raise ValueError(f"ReplayConfig: {name} globs must start with '/' or '*' (got {rule!r})")
+                raise ValueError(
+                    f"ReplayConfig: {name} globs must start with '/' or '*' (got {rule!r})"
+                )
         elif not isinstance(rule, re.Pattern) and not callable(rule):
             raise ValueError(
                 f"ReplayConfig: {name} rules must be globs, compiled regexes or callables (got {rule!r})"
@@ -418,18 +468,25 @@ def _privacy(privacy: Mapping[str, Any]) -> Mapping[str, Any]:
             f"ReplayConfig: privacy.defaultMaskLevel must be one of {', '.join(map(repr, _MASK_LEVELS))} (got {level!r})"
         )
     for key in ("maskSelector", "unmaskSelector", "maskAttributes"):
-        if key in data and not (isinstance(data[key], list) and all(isinstance(s, str) for s in data[key])):
+        if key in data and not (
+            isinstance(data[key], list) and all(isinstance(s, str) for s in data[key])
+        ):
             raise ValueError(f"ReplayConfig: privacy.{key} must be a list of strings")
     block = data.get("blockSelector")
     if block is not None and not (
-        isinstance(block, str) or (isinstance(block, list) and all(isinstance(s, str) for s in block))
+        isinstance(block, str)
+        or (isinstance(block, list) and all(isinstance(s, str) for s in block))
     ):
-        raise ValueError("ReplayConfig: privacy.blockSelector must be a string or a list of strings")
+        raise ValueError(
+            "ReplayConfig: privacy.blockSelector must be a string or a list of strings"
+        )
     levels = data.get("urlMaskLevels")
     if levels is not None and not (
         isinstance(levels, list)
         and all(
-            isinstance(x, dict) and isinstance(x.get("match"), str) and x.get("maskLevel") in _MASK_LEVELS
+            isinstance(x, dict)
+            and isinstance(x.get("match"), str)
+            and x.get("maskLevel") in _MASK_LEVELS
             for x in levels
         )
     ):

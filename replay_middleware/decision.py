@@ -23,7 +23,13 @@ from .request import RequestInfo
 from .routes import RouteRules
 from .sampling import is_session_in_sample
 
-__all__ = ["MARKER_HEADER", "ReplayContext", "decide", "request_skip_reason", "response_skip_reason"]
+__all__ = [
+    "MARKER_HEADER",
+    "ReplayContext",
+    "decide",
+    "request_skip_reason",
+    "response_skip_reason",
+]
 
 logger = logging.getLogger("replay_middleware.decision")
 
@@ -89,7 +95,10 @@ def request_skip_reason(request: RequestInfo, config: ReplayConfig) -> str | Non
             return "fragment_request"
         if h.get("sec-fetch-dest", "").strip().lower() == "empty":
             return "fragment_request"
-    if not config.inject_into_iframes and h.get("sec-fetch-dest", "").strip().lower() in ("iframe", "frame"):
+    if not config.inject_into_iframes and h.get("sec-fetch-dest", "").strip().lower() in (
+        "iframe",
+        "frame",
+    ):
         return "iframe_request"
     return None
 
@@ -113,9 +122,13 @@ def decide(
         reason = route_reason
     else:
         reason = _opt_out_reason(request, config) or ""
-        if not reason and config.should_record is not None:
-            if not _call_gate("should_record", config.should_record, request, False):
-                reason = "should_record_false"
+        gate = config.should_record
+        if (
+            not reason
+            and gate is not None
+            and not _call_gate("should_record", gate, request, False)
+        ):
+            reason = "should_record_false"
         if not reason and not capture_enabled:
             reason = "capture_disabled"
         if not reason and config.force_sample is not None:
@@ -123,7 +136,9 @@ def decide(
             if forced:
                 reason = "forced"
         if not reason:
-            reason = "in_sample" if is_session_in_sample(identity.session_id, rate) else "not_in_sample"
+            reason = (
+                "in_sample" if is_session_in_sample(identity.session_id, rate) else "not_in_sample"
+            )
     sampled = reason in RECORDING_REASONS
     request_reason = request_skip_reason(request, config)
     return ReplayContext(
@@ -147,15 +162,25 @@ def _opt_out_reason(request: RequestInfo, config: ReplayConfig) -> str | None:
         return "opted_out_gpc"
     if config.respect_dnt and request.headers.get("dnt", "").strip() == "1":
         return "opted_out_dnt"
-    if config.consent is not None:
-        # No answer (None) or an error means no consent: recording needs a yes.
-        if not _call_gate("consent", config.consent, request, False):
-            return "no_consent"
+    # No answer (None) or an error means no consent: recording needs a yes.
+    if config.consent is not None and not _call_gate("consent", config.consent, request, False):
+        return "no_consent"
     return None
 
 
 # Charsets whose bytes are not ASCII-compatible: we never decode, so we cannot inject (H6).
-_NON_ASCII_CHARSETS = ("utf-16", "utf-32", "ucs-2", "ucs-4", "utf16", "utf32", "iso-2022", "utf-7", "cp1026", "ibm")
+_NON_ASCII_CHARSETS = (
+    "utf-16",
+    "utf-32",
+    "ucs-2",
+    "ucs-4",
+    "utf16",
+    "utf32",
+    "iso-2022",
+    "utf-7",
+    "cp1026",
+    "ibm",
+)
 
 
 def response_skip_reason(
@@ -173,7 +198,9 @@ def response_skip_reason(
     charset = params.get("charset", "").strip().lower()
     if charset.startswith(_NON_ASCII_CHARSETS):
         return "charset"
-    encodings = [e.strip().lower() for v in get_all(headers, "content-encoding") for e in v.split(",")]
+    encodings = [
+        e.strip().lower() for v in get_all(headers, "content-encoding") for e in v.split(",")
+    ]
     if any(e and e != "identity" for e in encodings):
         return "encoded"
     disposition = get_first(headers, "content-disposition")

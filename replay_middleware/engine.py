@@ -54,11 +54,20 @@ LOCAL_REMOTE_CONFIG = b'{"configs":{"sessionReplay":{}}}'
 # Reasons for which no identity cookie is written: the visitor opted out (a privacy signal
 # must not be answered with a tracking cookie) or the page is a restricted area.
 _NO_COOKIE_REASONS = frozenset(
-    {"opted_out_config", "opted_out_user", "opted_out_gpc", "opted_out_dnt", "no_consent",
-     "excluded_route", "not_included"}
+    {
+        "opted_out_config",
+        "opted_out_user",
+        "opted_out_gpc",
+        "opted_out_dnt",
+        "no_consent",
+        "excluded_route",
+        "not_included",
+    }
 )
 # Reasons that hold for every visitor of a page, so they also apply to cacheable pages.
-ROUTE_LEVEL_REASONS = frozenset({"excluded_route", "not_included", "opted_out_config", "capture_disabled"})
+ROUTE_LEVEL_REASONS = frozenset(
+    {"excluded_route", "not_included", "opted_out_config", "capture_disabled"}
+)
 
 _NO_STORE = ("cache-control", "no-store")
 _IMMUTABLE = ("cache-control", "public, max-age=31536000, immutable")
@@ -139,7 +148,10 @@ class ReplayEngine:
         origin = config.public_origin
         first_party_source = f"{origin}{prefix}/" if origin else "'self'"
         if config.local_mode:
-            endpoints: dict[str, str] | None = {"track": f"{prefix}/track", "config": f"{prefix}/config"}
+            endpoints: dict[str, str] | None = {
+                "track": f"{prefix}/track",
+                "config": f"{prefix}/config",
+            }
             connect_urls: tuple[str, ...] = (f"{prefix}/track", f"{prefix}/config/{LOCAL_API_KEY}")
             connect_sources: tuple[str, ...] = (first_party_source, first_party_source)
         else:
@@ -175,7 +187,8 @@ class ReplayEngine:
             )
         )
         self._mask_levels = tuple(
-            (re.compile(glob_to_regex(glob)), level) for glob, level in config.route_mask_levels.items()
+            (re.compile(glob_to_regex(glob)), level)
+            for glob, level in config.route_mask_levels.items()
         )
         self._no_routes = RouteRules((), None)
         self.store = MemoryStore() if config.local_mode else None
@@ -185,7 +198,13 @@ class ReplayEngine:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def begin(self, request: RequestInfo, *, sample_rate: float | None = None, capture_enabled: bool = True) -> RequestState:
+    def begin(
+        self,
+        request: RequestInfo,
+        *,
+        sample_rate: float | None = None,
+        capture_enabled: bool = True,
+    ) -> RequestState:
         """Resolve the identity and the decision of an application request."""
         identity = resolve_identity(request, self.config, self.codec, self.now_ms())
         ctx = decide(
@@ -275,7 +294,9 @@ class ReplayEngine:
         request body and ``body`` was not given."""
         path = request.path[len(self.prefix) :]
         method = request.method
-        if path == self.loader_path[len(self.prefix) :] or (path.startswith("/loader-") and path.endswith(".js")):
+        if path == self.loader_path[len(self.prefix) :] or (
+            path.startswith("/loader-") and path.endswith(".js")
+        ):
             if method not in ("GET", "HEAD"):
                 return _method_not_allowed("GET, HEAD")
             exact = path == self.loader_path[len(self.prefix) :]
@@ -301,13 +322,17 @@ class ReplayEngine:
                 if method not in ("GET", "HEAD"):
                     return _method_not_allowed("GET, HEAD")
                 return HttpResponse(200, [_JSON, _NO_STORE], LOCAL_REMOTE_CONFIG)
-        return HttpResponse(404, [("content-type", "text/plain; charset=utf-8"), _NO_STORE], b"Not Found")
+        return HttpResponse(
+            404, [("content-type", "text/plain; charset=utf-8"), _NO_STORE], b"Not Found"
+        )
 
     def sdk_response(self, request: RequestInfo, body: bytes, etag: str) -> HttpResponse:
         return self._static(request, body, etag, [_JS, _IMMUTABLE, _NOSNIFF])
 
     @staticmethod
-    def _static(request: RequestInfo, body: bytes, etag: str, headers: list[tuple[str, str]]) -> HttpResponse:
+    def _static(
+        request: RequestInfo, body: bytes, etag: str, headers: list[tuple[str, str]]
+    ) -> HttpResponse:
         headers = [*headers, ("etag", etag)]
         inm = request.headers.get("if-none-match", "")
         if etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*":
@@ -320,7 +345,10 @@ class ReplayEngine:
         loader's business here (this request's path is the endpoint's, not the page's)."""
         identity = resolve_identity(request, self.config, self.codec, self.now_ms())
         ctx = decide(request, identity.identity, self.config, self._no_routes)
-        ctx = replace(ctx, reason=ctx.reason if ctx.eligible else "in_sample" if ctx.sampled else "not_in_sample")
+        ctx = replace(
+            ctx,
+            reason=ctx.reason if ctx.eligible else "in_sample" if ctx.sampled else "not_in_sample",
+        )
         state = RequestState(request, ctx, identity, self._is_secure(request))
         ident = identity.identity
         payload = {
@@ -338,13 +366,19 @@ class ReplayEngine:
         assert self.store is not None
         if len(body) > self.config.max_upload_bytes:
             # The SDK splits a batch on 413 only when the text matches /payload.*exceed/i.
-            return HttpResponse(413, [("content-type", "text/plain"), _NO_STORE], b"Payload size exceeded the limit")
+            return HttpResponse(
+                413, [("content-type", "text/plain"), _NO_STORE], b"Payload size exceeded the limit"
+            )
         self.store.add(request.query_string, dict(request.headers), body, self.now_ms())
         return HttpResponse(200, [_JSON, _NO_STORE], b'{"code":200}')
 
 
 def _method_not_allowed(allow: str) -> HttpResponse:
-    return HttpResponse(405, [("allow", allow), ("content-type", "text/plain; charset=utf-8"), _NO_STORE], b"Method Not Allowed")
+    return HttpResponse(
+        405,
+        [("allow", allow), ("content-type", "text/plain; charset=utf-8"), _NO_STORE],
+        b"Method Not Allowed",
+    )
 
 
 def _origin_of(url: str) -> str:

@@ -95,10 +95,12 @@ def is_shared_cacheable(headers: Headers) -> bool:
         return True
     if _positive_seconds(cc.get("max-age")):
         return True
-    return "max-age" not in cc and "no-cache" not in cc and get_first(headers, "expires") is not None
+    return (
+        "max-age" not in cc and "no-cache" not in cc and get_first(headers, "expires") is not None
+    )
 
 
-def parse_content_length(headers: Headers) -> int | None | bool:
+def parse_content_length(headers: Headers) -> int | bool | None:
     """The Content-Length: an int; ``None`` when absent; ``False`` when invalid or duplicated
     with different values (RFC 9110 §8.6 — such a response is passed through untouched)."""
     values = get_all(headers, "content-length")

@@ -90,7 +90,9 @@ class IdentityCodec:
         parts = payload.split(".")
         if len(parts) != 3 or not _OUR_DEVICE_ID.fullmatch(parts[0]):
             return None
-        if not (parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()):
+        if not (
+            parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()
+        ):
             return None
         return Identity(parts[0], int(parts[1]), int(parts[2]), "cookie")
 
@@ -206,7 +208,9 @@ def resolve_identity(
     elif own is None:
         event = "new_device"
         identity = Identity(str(uuid.uuid4()), now_ms, now_ms, "new")
-    elif own.session_id > now_ms + _FUTURE_SLACK_MS or own.last_activity > now_ms + _FUTURE_SLACK_MS:
+    elif (
+        own.session_id > now_ms + _FUTURE_SLACK_MS or own.last_activity > now_ms + _FUTURE_SLACK_MS
+    ):
         # A signed cookie from the future means a clock jump on the server; start over.
         event = "clock_skew"
         identity = Identity(own.device_id, now_ms, now_ms, "cookie")

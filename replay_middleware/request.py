@@ -7,9 +7,10 @@ socket. It is what user callables (``consent``, ``force_sample``, ``should_recor
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.cookies import _unquote  # type: ignore[attr-defined]
+from http.cookies import _unquote
 from types import MappingProxyType
 
 __all__ = ["RequestInfo", "parse_cookie_header"]
@@ -35,10 +36,8 @@ def parse_cookie_header(header: str) -> dict[str, str]:
             continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
-            try:
+            with contextlib.suppress(Exception):  # a hostile quoted value: keep the raw text
                 value = _unquote(value)
-            except Exception:  # a hostile quoted value: keep the raw text
-                pass
         cookies[name] = value
     return cookies
 

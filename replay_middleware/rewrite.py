@@ -30,7 +30,9 @@ logger = logging.getLogger("replay_middleware")
 Headers = list[tuple[str, str]]
 
 # Representation metadata that no longer matches a modified body (H5).
-_DROP_WHEN_MODIFIED = frozenset({"content-md5", "digest", "repr-digest", "content-digest", "accept-ranges"})
+_DROP_WHEN_MODIFIED = frozenset(
+    {"content-md5", "digest", "repr-digest", "content-digest", "accept-ranges"}
+)
 
 
 class ResponseRewriter:
@@ -73,13 +75,19 @@ class ResponseRewriter:
             self._csp = merge_response_csp(headers, engine.csp_needs, new_nonce())
             if not self._csp.feasible:
                 reason = self._csp.reason or "csp"
-                engine.log_once(f"csp:{reason}", "replay-middleware: page CSP makes injection impossible (%s); skipping", reason)
+                engine.log_once(
+                    f"csp:{reason}",
+                    "replay-middleware: page CSP makes injection impossible (%s); skipping",
+                    reason,
+                )
         if reason is not None:
             self._finish_passthrough(reason)
             return
         self.passthrough = False
         self._pending = list(self._csp.headers) if self._csp is not None else list(headers)
-        self._injector = Injector(self._render, max_scan_bytes=config.max_scan_bytes, marker=DATA_BLOCK_ID.encode())
+        self._injector = Injector(
+            self._render, max_scan_bytes=config.max_scan_bytes, marker=DATA_BLOCK_ID.encode()
+        )
 
     def _finish_passthrough(self, reason: str) -> None:
         self.reason = reason
@@ -108,7 +116,13 @@ class ResponseRewriter:
                 use_worker = use_worker and merged.use_web_worker
                 trusted_types = trusted_types or merged.trusted_types
                 if merged.changed:
-                    rewrites[index] = b'"' + html.escape(merged.content, quote=True).encode("ascii", "xmlcharrefreplace") + b'"'
+                    rewrites[index] = (
+                        b'"'
+                        + html.escape(merged.content, quote=True).encode(
+                            "ascii", "xmlcharrefreplace"
+                        )
+                        + b'"'
+                    )
         snippet = self.engine.render_snippet(
             self.state,
             nonce=nonce,
@@ -142,7 +156,9 @@ class ResponseRewriter:
         if not injector.injected:
             reason = injector.reason or "no_anchor"
             if reason in ("scan_limit", "fragment", "utf16"):
-                self.engine.log_once(f"inject:{reason}", "replay-middleware: page not injected (%s)", reason)
+                self.engine.log_once(
+                    f"inject:{reason}", "replay-middleware: page not injected (%s)", reason
+                )
             self._finish_passthrough(reason)
             return
         self.reason = "injected"

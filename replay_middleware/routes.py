@@ -132,7 +132,9 @@ class RouteRules:
         )
         self._js: dict[str, Any] = {
             "exclude": [r.js for r in self._exclude if r.js is not None],
-            "include": None if self._include is None else [r.js for r in self._include if r.js is not None],
+            "include": None
+            if self._include is None
+            else [r.js for r in self._include if r.js is not None],
         }
 
     @staticmethod
@@ -164,5 +166,9 @@ def _safe_match(rule: _Rule, path: str, request: RequestInfo, *, default: bool) 
     try:
         return rule.matches(path, request)
     except Exception:
-        logger.exception("route rule %r raised; treating it as %s", rule.label, "a match" if default else "no match")
+        logger.exception(
+            "route rule %r raised; treating it as %s",
+            rule.label,
+            "a match" if default else "no match",
+        )
         return default

@@ -79,7 +79,11 @@ class SnippetRenderer:
             "v": 1,
             "apiKey": s.api_key,
             "sdk": {"url": s.sdk_url, "integrity": s.sdk_integrity, "static": static_sdk},
-            "session": {"url": s.session_url, "cookie": s.cookie_name, "timeoutMs": s.session_timeout_ms},
+            "session": {
+                "url": s.session_url,
+                "cookie": s.cookie_name,
+                "timeoutMs": s.session_timeout_ms,
+            },
             "ids": None
             if ids is None
             else {"deviceId": ids[0], "sessionId": ids[1], "lastActivity": ids[2]},

@@ -33,14 +33,18 @@ class MemoryStore:
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
 
-    def add(self, query_string: str, headers: Mapping[str, str], body: bytes, received_ms: int) -> None:
+    def add(
+        self, query_string: str, headers: Mapping[str, str], body: bytes, received_ms: int
+    ) -> None:
         # Never keep the visitor's cookies or credentials, even locally.
         kept = {k: v for k, v in headers.items() if k not in ("cookie", "authorization")}
         item = StoredUpload(query_string, kept, body, received_ms)
         with self._lock:
             self._items.append(item)
             self._bytes += len(body)
-            while self._items and (len(self._items) > self._max_items or self._bytes > self._max_bytes):
+            while self._items and (
+                len(self._items) > self._max_items or self._bytes > self._max_bytes
+            ):
                 self._bytes -= len(self._items.popleft().body)
 
     def uploads(self) -> list[StoredUpload]:

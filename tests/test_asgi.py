@@ -19,11 +19,22 @@ PAGE = b"<!DOCTYPE html><html><head><title>t</title></head><body><p>hi</p></body
 HTML = [(b"content-type", b"text/html; charset=utf-8")]
 
 
-def scope(path: str = "/", method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any) -> Scope:
+def scope(
+    path: str = "/", method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any
+) -> Scope:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "headers": list(headers), "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), **extra,
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": list(headers),
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+        **extra,
     }
 
 
@@ -33,6 +44,7 @@ def responder(*messages: Message, seen: list[Scope] | None = None) -> Any:
             seen.append(s)
         for m in messages:
             await send(m)
+
     return app
 
 
@@ -75,11 +87,16 @@ def fixed_nonce(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_html_page_gets_snippet_before_head_end_with_exact_length() -> None:
-    app = responder(start(headers=[*HTML, (b"content-length", str(len(PAGE)).encode()), (b"etag", b'"abc"')]), body(PAGE))
+    app = responder(
+        start(headers=[*HTML, (b"content-length", str(len(PAGE)).encode()), (b"etag", b'"abc"')]),
+        body(PAGE),
+    )
     sent = await run(app, scope())
     out = whole_body(sent)
     head, _, rest = out.partition(b"</head>")
-    assert head.startswith(b"<!DOCTYPE html><html><head><title>t</title><script type=\"application/json\" id=\"replay-middleware-config\">")
+    assert head.startswith(
+        b'<!DOCTYPE html><html><head><title>t</title><script type="application/json" id="replay-middleware-config">'
+    )
     assert head.endswith(b' nonce="TESTNONCE" id="replay-middleware-loader"></script>')
     assert rest == b"<body><p>hi</p></body></html>"
     h = headers_of(sent[0])
@@ -92,18 +109,32 @@ async def test_html_page_gets_snippet_before_head_end_with_exact_length() -> Non
 
 async def test_json_response_is_byte_identical() -> None:
     original = [(b"content-type", b"application/json"), (b"content-length", b"2")]
-    sent = await run(responder(start(headers=original), body(b"{}")), scope(), config=ReplayConfig(sample_rate=1, debug_header=False))
+    sent = await run(
+        responder(start(headers=original), body(b"{}")),
+        scope(),
+        config=ReplayConfig(sample_rate=1, debug_header=False),
+    )
     assert sent == [start(headers=original), body(b"{}")]
 
 
 async def test_head_request_is_untouched() -> None:
     original = [*HTML, (b"content-length", b"80")]
-    sent = await run(responder(start(headers=original), body(b"")), scope(method="HEAD"), config=ReplayConfig(sample_rate=1, debug_header=False))
+    sent = await run(
+        responder(start(headers=original), body(b"")),
+        scope(method="HEAD"),
+        config=ReplayConfig(sample_rate=1, debug_header=False),
+    )
     assert sent == [start(headers=original), body(b"")]
 
 
 async def test_streaming_without_length_forwards_chunks_and_adds_no_length() -> None:
-    chunks = [b"<!doctype html><html><he", b"ad><title>x</title></he", b"ad><body>", b"<p>1</p>", b"</body></html>"]
+    chunks = [
+        b"<!doctype html><html><he",
+        b"ad><title>x</title></he",
+        b"ad><body>",
+        b"<p>1</p>",
+        b"</body></html>",
+    ]
     app = responder(start(), *[body(c, more=True) for c in chunks], body(b""))
     sent = await run(app, scope())
     assert "content-length" not in headers_of(sent[0])
@@ -114,7 +145,11 @@ async def test_streaming_without_length_forwards_chunks_and_adds_no_length() -> 
 
 
 async def test_unsampled_session_gets_no_snippet_but_keeps_its_cookie() -> None:
-    sent = await run(responder(start(), body(PAGE)), scope(), config=ReplayConfig(sample_rate=0, debug_header=False))
+    sent = await run(
+        responder(start(), body(PAGE)),
+        scope(),
+        config=ReplayConfig(sample_rate=0, debug_header=False),
+    )
     assert whole_body(sent) == PAGE
     h = headers_of(sent[0])
     assert "x-replay-middleware" not in h
@@ -156,14 +191,20 @@ async def test_non_http_scopes_pass_straight_through() -> None:
 
 async def test_pathsend_passes_through_with_original_start() -> None:
     original = [*HTML, (b"content-length", b"100")]
-    app = responder(start(headers=original), {"type": "http.response.pathsend", "path": "/tmp/x.html"})
+    app = responder(
+        start(headers=original), {"type": "http.response.pathsend", "path": "/tmp/x.html"}
+    )
     sent = await run(app, scope(), config=ReplayConfig(sample_rate=1, debug_header=False))
     assert sent[0]["headers"] == original
     assert sent[1] == {"type": "http.response.pathsend", "path": "/tmp/x.html"}
 
 
 async def test_trailers_pass_through_after_the_body() -> None:
-    trailers = {"type": "http.response.trailers", "headers": [(b"x-checksum", b"1")], "more_trailers": False}
+    trailers = {
+        "type": "http.response.trailers",
+        "headers": [(b"x-checksum", b"1")],
+        "more_trailers": False,
+    }
     app = responder({**start(), "trailers": True}, body(PAGE), trailers)
     sent = await run(app, scope())
     assert sent[-1] == trailers
@@ -195,7 +236,9 @@ async def test_client_disconnect_error_propagates_from_send() -> None:
         return {"type": "http.disconnect"}
 
     with pytest.raises(OSError, match="client went away"):
-        await ReplayMiddleware(app, config=ReplayConfig(sample_rate=1))(scope(), receive, broken_send)
+        await ReplayMiddleware(app, config=ReplayConfig(sample_rate=1))(
+            scope(), receive, broken_send
+        )
 
 
 async def test_fail_open_when_our_code_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +248,9 @@ async def test_fail_open_when_our_code_raises(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("replay_middleware.engine.ReplayEngine.render_snippet", broken)
     original = [*HTML, (b"content-length", str(len(PAGE)).encode())]
     chunks = [PAGE[:20], PAGE[20:]]
-    sent = await run(responder(start(headers=original), body(chunks[0], True), body(chunks[1])), scope())
+    sent = await run(
+        responder(start(headers=original), body(chunks[0], True), body(chunks[1])), scope()
+    )
     assert sent[0]["headers"] == original
     assert whole_body(sent) == PAGE
 
@@ -219,7 +264,10 @@ async def test_installed_twice_injects_once() -> None:
 
 
 async def test_page_that_already_holds_the_snippet_is_not_injected_again() -> None:
-    page = PAGE.replace(b"</head>", b'<script type="application/json" id="replay-middleware-config">{}</script></head>')
+    page = PAGE.replace(
+        b"</head>",
+        b'<script type="application/json" id="replay-middleware-config">{}</script></head>',
+    )
     sent = await run(responder(start(), body(page)), scope())
     assert whole_body(sent) == page
 
@@ -249,20 +297,26 @@ async def test_unknown_path_under_prefix_is_404_and_never_reaches_the_app() -> N
 
 async def test_loader_is_served_with_immutable_caching() -> None:
     mw = ReplayMiddleware(responder(), config=ReplayConfig())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
         r = await client.get(mw.engine.loader_path)
         assert r.status_code == 200
         assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
         assert r.headers["content-type"].startswith("text/javascript")
         assert b"replayMiddleware" in r.content
-        again = await client.get(mw.engine.loader_path, headers={"if-none-match": r.headers["etag"]})
+        again = await client.get(
+            mw.engine.loader_path, headers={"if-none-match": r.headers["etag"]}
+        )
         assert again.status_code == 304
         assert (await client.post(mw.engine.loader_path)).status_code == 405
 
 
 async def test_sdk_bundle_is_served_first_party() -> None:
     mw = ReplayMiddleware(responder(), config=ReplayConfig())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
         r = await client.get("/_replay/sdk/1.51.6.js")
         assert r.status_code == 200
         assert len(r.content) == 472_630
@@ -272,7 +326,9 @@ async def test_sdk_bundle_is_served_first_party() -> None:
 
 async def test_session_endpoint_returns_ids_and_sets_cookie() -> None:
     mw = ReplayMiddleware(responder(), config=ReplayConfig(sample_rate=1))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
         r = await client.get("/_replay/session")
         data = r.json()
         assert r.headers["cache-control"] == "no-store"
@@ -285,11 +341,16 @@ async def test_session_endpoint_returns_ids_and_sets_cookie() -> None:
 
 async def test_local_mode_config_and_track_endpoints() -> None:
     mw = ReplayMiddleware(responder(), config=ReplayConfig(sample_rate=1, max_upload_bytes=1000))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
         r = await client.get("/_replay/config/local?config_group=browser")
         assert r.json() == {"configs": {"sessionReplay": {}}}
-        ok = await client.post("/_replay/track?device_id=d&session_id=1&type=replay", content=b'{"version":1,"events":[]}',
-                               headers={"cookie": "secret=1"})
+        ok = await client.post(
+            "/_replay/track?device_id=d&session_id=1&type=replay",
+            content=b'{"version":1,"events":[]}',
+            headers={"cookie": "secret=1"},
+        )
         assert ok.status_code == 200
         big = await client.post("/_replay/track", content=b"x" * 2000)
         assert big.status_code == 413 and re.search(r"payload.*exceed", big.text, re.I)
@@ -303,12 +364,18 @@ async def test_example_app_through_asgi_transport() -> None:
     from examples.fastapi_app.app import create_app
 
     app = create_app(ReplayConfig(sample_rate=1, exclude=("/account/billing",)))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
         home = await client.get("/")
         assert home.status_code == 200 and b"replay-middleware-config" in home.content
-        data = json.loads(re.search(rb'id="replay-middleware-config">(\{.*?\})</script>', home.content).group(1))  # type: ignore[union-attr]
+        data = json.loads(
+            re.search(rb'id="replay-middleware-config">(\{.*?\})</script>', home.content).group(1)
+        )  # type: ignore[union-attr]
         assert str(data["ids"]["sessionId"]) in client.cookies["replay_id"]
         billing = await client.get("/account/billing")
         assert b"replay-middleware" not in billing.content
         who = (await client.get("/api/whoami")).json()
-        assert who["replay"] == {"[Amplitude] Session Replay ID": f"{data['ids']['deviceId']}/{data['ids']['sessionId']}"}
+        assert who["replay"] == {
+            "[Amplitude] Session Replay ID": f"{data['ids']['deviceId']}/{data['ids']['sessionId']}"
+        }

@@ -28,21 +28,33 @@ def test_server_zone_is_normalised() -> None:
     ("kwargs", "message"),
     [
         pytest.param({"server_zone": "APAC"}, "server_zone must be one of 'US', 'EU'", id="zone"),
-        pytest.param({"sample_rate": 1.5}, "sample_rate must be a number from 0 to 1", id="rate-high"),
+        pytest.param(
+            {"sample_rate": 1.5}, "sample_rate must be a number from 0 to 1", id="rate-high"
+        ),
         pytest.param({"sample_rate": 0.1234567}, "at most 6 decimals", id="rate-decimals"),
         pytest.param({"sample_rate": True}, "sample_rate must be a number", id="rate-bool"),
         pytest.param({"prefix": "_replay"}, "prefix must start with '/'", id="prefix-no-slash"),
         pytest.param({"prefix": "/_replay/"}, "must not end with '/'", id="prefix-trailing"),
-        pytest.param({"cookie_samesite": "sometimes"}, "cookie_samesite must be one of", id="samesite"),
+        pytest.param(
+            {"cookie_samesite": "sometimes"}, "cookie_samesite must be one of", id="samesite"
+        ),
         pytest.param({"csp": "replace"}, "csp must be one of 'merge', 'off'", id="csp"),
         pytest.param({"sdk_options": {"trackServerUrl": "x"}}, "unknown option", id="sdk-option"),
-        pytest.param({"privacy": {"defaultMaskLevel": "max"}}, "defaultMaskLevel must be one of", id="mask"),
+        pytest.param(
+            {"privacy": {"defaultMaskLevel": "max"}}, "defaultMaskLevel must be one of", id="mask"
+        ),
         pytest.param({"exclude": ("admin",)}, "globs must start with '/'", id="glob"),
-        pytest.param({"forward_client_ip": "yes"}, "forward_client_ip must be one of", id="client-ip"),
-        pytest.param({"public_origin": "https://x.example/path"}, "public_origin", id="origin-path"),
+        pytest.param(
+            {"forward_client_ip": "yes"}, "forward_client_ip must be one of", id="client-ip"
+        ),
+        pytest.param(
+            {"public_origin": "https://x.example/path"}, "public_origin", id="origin-path"
+        ),
     ],
 )
-def test_bad_values_name_the_key_and_accepted_values(kwargs: dict[str, object], message: str) -> None:
+def test_bad_values_name_the_key_and_accepted_values(
+    kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         ReplayConfig(**kwargs)  # type: ignore[arg-type]
 
@@ -80,7 +92,9 @@ def test_from_env_rejects_bad_booleans() -> None:
 
 
 def test_from_mapping_accepts_any_case_and_prefix() -> None:
-    config = ReplayConfig.from_mapping({"SAMPLE_RATE": 0.5, "replay_cookie_name": "rid", "Opt_Out": "true"})
+    config = ReplayConfig.from_mapping(
+        {"SAMPLE_RATE": 0.5, "replay_cookie_name": "rid", "Opt_Out": "true"}
+    )
     assert (config.sample_rate, config.cookie_name, config.opt_out) == (0.5, "rid", True)
 
 

@@ -28,7 +28,10 @@ def test_shared_cacheable(headers: list[tuple[str, str]], expected: bool) -> Non
 
 
 def test_media_type_parsing() -> None:
-    assert media_type('TEXT/Html ; charset="UTF-8" ; x=1') == ("text/html", {"charset": "UTF-8", "x": "1"})
+    assert media_type('TEXT/Html ; charset="UTF-8" ; x=1') == (
+        "text/html",
+        {"charset": "UTF-8", "x": "1"},
+    )
     assert media_type("garbage") == ("", {})
     assert media_type(None) == ("", {})
 
@@ -42,17 +45,26 @@ def test_content_length() -> None:
 
 
 def test_cookie_header_parsing_is_lenient() -> None:
-    assert parse_cookie_header('a=1; b="x y"; ;=3; c; a=2; d==e') == {"a": "1", "b": "x y", "d": "=e"}
+    assert parse_cookie_header('a=1; b="x y"; ;=3; c; a=2; d==e') == {
+        "a": "1",
+        "b": "x y",
+        "d": "=e",
+    }
 
 
 def test_request_info_joins_repeated_headers() -> None:
-    info = RequestInfo.from_pairs("get", "", [("Cookie", "a=1"), ("cookie", "b=2"), ("X", "1"), ("x", "2")])
+    info = RequestInfo.from_pairs(
+        "get", "", [("Cookie", "a=1"), ("cookie", "b=2"), ("X", "1"), ("x", "2")]
+    )
     assert info.method == "GET" and info.path == "/"
     assert info.cookies == {"a": "1", "b": "2"}
     assert info.header("x") == "1, 2"
 
 
 def test_dump_cookie() -> None:
-    assert dump_cookie("n", "v.1-2", max_age=10, secure=True) == "n=v.1-2; Path=/; Max-Age=10; Secure; SameSite=Lax"
+    assert (
+        dump_cookie("n", "v.1-2", max_age=10, secure=True)
+        == "n=v.1-2; Path=/; Max-Age=10; Secure; SameSite=Lax"
+    )
     with pytest.raises(ValueError):
         dump_cookie("n", "a;b")

@@ -40,7 +40,9 @@ def test_cookie_round_trip_keeps_session_and_slides_activity() -> None:
 
 def test_session_rolls_over_after_inactivity() -> None:
     first = resolve_identity(req(), CONFIG, CODEC, NOW)
-    later = resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000)
+    later = resolve_identity(
+        req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000
+    )
     assert later.identity.device_id == first.identity.device_id
     assert later.identity.session_id == NOW + 31 * 60_000
     assert later.event == "session_timeout"
@@ -48,7 +50,9 @@ def test_session_rolls_over_after_inactivity() -> None:
 
 def test_without_touch_nothing_changes_and_no_cookie_is_written() -> None:
     first = resolve_identity(req(), CONFIG, CODEC, NOW)
-    later = resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000, touch=False)
+    later = resolve_identity(
+        req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000, touch=False
+    )
     assert later.identity.session_id == NOW
     assert later.cookie_value is None
 
@@ -73,13 +77,18 @@ def test_tampered_ids_are_rejected() -> None:
     assert first.cookie_value is not None
     device, session, last, sig = first.cookie_value.split(".")
     tampered = f"{device}.{int(session) - 1}.{last}.{sig}"
-    assert resolve_identity(req(f"replay_id={tampered}"), CONFIG, CODEC, NOW).identity.source == "new"
+    assert (
+        resolve_identity(req(f"replay_id={tampered}"), CONFIG, CODEC, NOW).identity.source == "new"
+    )
 
 
 def test_cookie_signed_with_another_secret_is_rejected() -> None:
     other = IdentityCodec("another-secret-key-987654321")
     first = resolve_identity(req(), CONFIG, other, NOW)
-    assert resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW).identity.source == "new"
+    assert (
+        resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW).identity.source
+        == "new"
+    )
 
 
 def amp_cookie(data: dict[str, object]) -> str:
@@ -115,7 +124,7 @@ def test_implausible_amplitude_cookie_is_ignored(data: dict[str, object]) -> Non
 
 def test_segment_cookies_are_an_identity_source_while_fresh() -> None:
     cookie = (
-        'ajs_anonymous_id=%22seg-anon-1%22; analytics_session_id=1735689000000; '
+        "ajs_anonymous_id=%22seg-anon-1%22; analytics_session_id=1735689000000; "
         "analytics_session_id.last_access=1735689500000"
     )
     result = resolve_identity(req(cookie), CONFIG, CODEC, NOW)
@@ -125,7 +134,13 @@ def test_segment_cookies_are_an_identity_source_while_fresh() -> None:
 
 
 def test_identify_hook_wins_over_everything() -> None:
-    config = ReplayConfig(api_key="0123456789abcdef", secret_key=SECRET, identify=lambda r: ("user-42", NOW - 1))
+    config = ReplayConfig(
+        api_key="0123456789abcdef", secret_key=SECRET, identify=lambda r: ("user-42", NOW - 1)
+    )
     value = amp_cookie({"deviceId": "amp-device-1", "sessionId": NOW - 5000})
     result = resolve_identity(req(f"AMP_0123456789={value}"), config, CODEC, NOW)
-    assert (result.identity.device_id, result.identity.session_id, result.identity.source) == ("user-42", NOW - 1, "hook")
+    assert (result.identity.device_id, result.identity.session_id, result.identity.source) == (
+        "user-42",
+        NOW - 1,
+        "hook",
+    )

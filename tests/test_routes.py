@@ -56,7 +56,12 @@ def test_include_list_restricts_to_matching_paths() -> None:
 
 def test_js_export_has_globs_and_convertible_regexes_only() -> None:
     rules = RouteRules(
-        ("/admin/*", re.compile(r"\A/x(?P<id>[0-9]+)", re.I), re.compile(r"(?x) a b"), lambda p, r: False),
+        (
+            "/admin/*",
+            re.compile(r"\A/x(?P<id>[0-9]+)", re.I),
+            re.compile(r"(?x) a b"),
+            lambda p, r: False,
+        ),
         None,
     )
     exported = rules.to_js()["exclude"]
@@ -67,7 +72,9 @@ def test_js_export_has_globs_and_convertible_regexes_only() -> None:
     assert len(rules.browser_warnings) == 2
 
 
-def test_exported_regex_sources_behave_like_python_under_node(tmp_path: pytest.TempPathFactory) -> None:
+def test_exported_regex_sources_behave_like_python_under_node(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
     import json
     import shutil
     import subprocess
@@ -75,13 +82,25 @@ def test_exported_regex_sources_behave_like_python_under_node(tmp_path: pytest.T
     node = shutil.which("node")
     assert node, "node is required (run make setup)"
     globs = ["/account/billing", "/admin/*", "/files/?.txt", "/v[!12]/*", "/a.b(c)+"]
-    paths = ["/account/billing", "/account/billing/x", "/account/billingx", "/admin/a/b", "/files/a.txt",
-             "/files/ab.txt", "/v3/x", "/v1/x", "/a.b(c)+", "/aXb(c)"]
+    paths = [
+        "/account/billing",
+        "/account/billing/x",
+        "/account/billingx",
+        "/admin/a/b",
+        "/files/a.txt",
+        "/files/ab.txt",
+        "/v3/x",
+        "/v1/x",
+        "/a.b(c)+",
+        "/aXb(c)",
+    ]
     sources = [glob_to_regex(g) for g in globs]
     script = (
         "const s=" + json.dumps(sources) + ",p=" + json.dumps(paths) + ";"
         "console.log(JSON.stringify(s.map(x=>p.map(y=>new RegExp(x).test(y)))))"
     )
-    out = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True, timeout=30)
+    out = subprocess.run(
+        [node, "-e", script], capture_output=True, text=True, check=True, timeout=30
+    )
     expected = [[re.search(src, path) is not None for path in paths] for src in sources]
     assert json.loads(out.stdout) == expected

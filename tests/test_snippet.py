@@ -27,10 +27,14 @@ def test_json_cannot_break_out_of_a_script_element() -> None:
 
 
 def test_render_is_ascii_and_has_data_block_and_loader_with_nonce() -> None:
-    html = SnippetRenderer(SETTINGS).render(nonce="N0nce", ids=("dev", 1, 2), record=True, options={"sampleRate": 1})
+    html = SnippetRenderer(SETTINGS).render(
+        nonce="N0nce", ids=("dev", 1, 2), record=True, options={"sampleRate": 1}
+    )
     assert html.isascii()
     assert html.startswith('<script type="application/json" id="replay-middleware-config">{')
-    assert html.endswith('<script async src="/_replay/loader-abc.js" nonce="N0nce" id="replay-middleware-loader"></script>')
+    assert html.endswith(
+        '<script async src="/_replay/loader-abc.js" nonce="N0nce" id="replay-middleware-loader"></script>'
+    )
     data = json.loads(re.search(r">(\{.*\})</script>", html).group(1))  # type: ignore[union-attr]
     assert data["ids"] == {"deviceId": "dev", "sessionId": 1, "lastActivity": 2}
     assert data["record"] is True
@@ -45,12 +49,20 @@ def test_user_agnostic_form_has_no_ids() -> None:
 
 
 def test_hostile_values_are_escaped() -> None:
-    settings = SnippetSettings(**{**SETTINGS.__dict__, "base_options": {"userProperties": {"x": "</script><script>alert(1)</script>"}}})
+    settings = SnippetSettings(
+        **{
+            **SETTINGS.__dict__,
+            "base_options": {"userProperties": {"x": "</script><script>alert(1)</script>"}},
+        }
+    )
     html = SnippetRenderer(settings).render(nonce="n", ids=None, record=None)
     assert html.count("<script") == 2 and html.count("</script>") == 2
 
 
 def test_trusted_types_mode_adds_a_parser_inserted_sdk_tag() -> None:
     html = SnippetRenderer(SETTINGS).render(nonce="n", ids=None, record=None, static_sdk=True)
-    assert '<script async src="/_replay/sdk/1.51.6.js" nonce="n" integrity="sha384-xyz" crossorigin="anonymous" id="replay-middleware-sdk"></script>' in html
+    assert (
+        '<script async src="/_replay/sdk/1.51.6.js" nonce="n" integrity="sha384-xyz" crossorigin="anonymous" id="replay-middleware-sdk"></script>'
+        in html
+    )
     assert '"static":true' in html

@@ -23,7 +23,9 @@ def base_url() -> Iterator[str]:
     port = sock.getsockname()[1]
     sock.close()
     app = create_app(ReplayConfig(sample_rate=1, exclude=("/account/billing",)))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -50,6 +52,7 @@ def test_pages_over_real_http(base_url: str) -> None:
             rb'nonce="([^"]+)" id="replay-middleware-loader"', strict.content
         )
         assert nonce is not None
-        assert f"'nonce-{nonce.group(1).decode()}'" in strict.headers["content-security-policy"] or nonce.group(
-            1
-        ).decode() in strict.headers["content-security-policy"]
+        assert (
+            f"'nonce-{nonce.group(1).decode()}'" in strict.headers["content-security-policy"]
+            or nonce.group(1).decode() in strict.headers["content-security-policy"]
+        )

@@ -32,7 +32,7 @@ NAV = (
 
 def page(title: str, body: str, *, head: str = "") -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n{head}</head>\n<body>\n{NAV}\n"
         f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n"
     )
@@ -79,7 +79,7 @@ def create_app(config: ReplayConfig | None = None) -> FastAPI:
         return page(
             "replay-middleware demo",
             "<p>Click around, type in the sign-in form, then open the inspector.</p>"
-            f"<p id=\"decision\">Replay decision: {html.escape(status)}</p>"
+            f'<p id="decision">Replay decision: {html.escape(status)}</p>'
             '<button id="counter" type="button">Clicked 0 times</button>'
             "<script>var n=0;document.getElementById('counter').addEventListener('click',"
             "function(){n++;this.textContent='Clicked '+n+' times';});</script>",
