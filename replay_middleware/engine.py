@@ -96,9 +96,10 @@ class RequestState:
 
     def cookie_headers(self, engine: ReplayEngine) -> list[tuple[str, str]]:
         """``Set-Cookie`` for the identity when it changed and this visitor may get one (I4)."""
-        if self.identity.cookie_value is None or self.context.reason in _NO_COOKIE_REASONS:
+        if not self.identity.write_cookie or self.context.reason in _NO_COOKIE_REASONS:
             return []
-        return [("set-cookie", engine.identity_cookie(self.identity.cookie_value, self.secure))]
+        value = engine.codec.dumps(self.identity.identity)
+        return [("set-cookie", engine.identity_cookie(value, self.secure))]
 
 
 @dataclass

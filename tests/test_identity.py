@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from replay_middleware import ReplayConfig, RequestInfo
-from replay_middleware.identity import IdentityCodec, resolve_identity
+from replay_middleware.identity import IdentityCodec, IdentityResult, resolve_identity
 
 NOW = 1_735_689_600_000
 SECRET = "test-secret-key-0123456789"
@@ -21,17 +21,38 @@ def req(cookie: str = "") -> RequestInfo:
     return RequestInfo.from_pairs("GET", "/", pairs)
 
 
+def cookie_of(result: IdentityResult) -> str:
+    return CODEC.dumps(result.identity)
+
+
 def test_first_visit_mints_uuid4_device_and_now_session() -> None:
     result = resolve_identity(req(), CONFIG, CODEC, NOW)
     ident = result.identity
-    assert uuid.UUID(ident.device_id).version == 4
+    parsed = uuid.UUID(ident.device_id)
+    assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    assert str(parsed) == ident.device_id
     assert ident.session_id == NOW and ident.last_activity == NOW
-    assert result.cookie_value is not None and result.event == "new_device"
+    assert result.write_cookie and result.event == "new_device"
+
+
+def test_device_ids_are_random() -> None:
+    ids = {resolve_identity(req(), CONFIG, CODEC, NOW).identity.device_id for _ in range(200)}
+    assert len(ids) == 200
+
+
+def test_codec_is_compatible_with_itsdangerous_signer() -> None:
+    from itsdangerous import Signer
+
+    ident = resolve_identity(req(), CONFIG, CODEC, NOW).identity
+    value = CODEC.dumps(ident)
+    signer = Signer(SECRET, salt="replay-middleware.identity.v1")
+    assert signer.unsign(value).decode() == f"{ident.device_id}.{NOW}.{NOW}"
+    assert CODEC.loads(signer.sign(f"{ident.device_id}.1.2").decode()) is not None
 
 
 def test_cookie_round_trip_keeps_session_and_slides_activity() -> None:
     first = resolve_identity(req(), CONFIG, CODEC, NOW)
-    cookie = f"replay_id={first.cookie_value}"
+    cookie = f"replay_id={cookie_of(first)}"
     later = resolve_identity(req(cookie), CONFIG, CODEC, NOW + 60_000)
     assert later.identity.device_id == first.identity.device_id
     assert later.identity.session_id == NOW
@@ -41,7 +62,7 @@ def test_cookie_round_trip_keeps_session_and_slides_activity() -> None:
 def test_session_rolls_over_after_inactivity() -> None:
     first = resolve_identity(req(), CONFIG, CODEC, NOW)
     later = resolve_identity(
-        req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000
+        req(f"replay_id={cookie_of(first)}"), CONFIG, CODEC, NOW + 31 * 60_000
     )
     assert later.identity.device_id == first.identity.device_id
     assert later.identity.session_id == NOW + 31 * 60_000
@@ -51,10 +72,10 @@ def test_session_rolls_over_after_inactivity() -> None:
 def test_without_touch_nothing_changes_and_no_cookie_is_written() -> None:
     first = resolve_identity(req(), CONFIG, CODEC, NOW)
     later = resolve_identity(
-        req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW + 31 * 60_000, touch=False
+        req(f"replay_id={cookie_of(first)}"), CONFIG, CODEC, NOW + 31 * 60_000, touch=False
     )
     assert later.identity.session_id == NOW
-    assert later.cookie_value is None
+    assert not later.write_cookie
 
 
 @pytest.mark.parametrize(
@@ -74,8 +95,7 @@ def test_bad_cookies_never_raise_and_mint_a_fresh_identity(value: str) -> None:
 
 def test_tampered_ids_are_rejected() -> None:
     first = resolve_identity(req(), CONFIG, CODEC, NOW)
-    assert first.cookie_value is not None
-    device, session, last, sig = first.cookie_value.split(".")
+    device, session, last, sig = cookie_of(first).split(".")
     tampered = f"{device}.{int(session) - 1}.{last}.{sig}"
     assert (
         resolve_identity(req(f"replay_id={tampered}"), CONFIG, CODEC, NOW).identity.source == "new"
@@ -85,8 +105,9 @@ def test_tampered_ids_are_rejected() -> None:
 def test_cookie_signed_with_another_secret_is_rejected() -> None:
     other = IdentityCodec("another-secret-key-987654321")
     first = resolve_identity(req(), CONFIG, other, NOW)
+    foreign = other.dumps(first.identity)
     assert (
-        resolve_identity(req(f"replay_id={first.cookie_value}"), CONFIG, CODEC, NOW).identity.source
+        resolve_identity(req(f"replay_id={foreign}"), CONFIG, CODEC, NOW).identity.source
         == "new"
     )
 
