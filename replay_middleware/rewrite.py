@@ -81,7 +81,9 @@ class ResponseRewriter:
                     reason,
                 )
         if reason is not None:
-            self._finish_passthrough(reason)
+            # Only a session-level "not recorded" keeps the identity cookie (sticky sampling);
+            # a page we cannot inject into goes out exactly as the app made it (H2, C2).
+            self._finish_passthrough(reason, keep_cookie=reason == ctx.reason)
             return
         self.passthrough = False
         self._pending = list(self._csp.headers) if self._csp is not None else list(headers)
@@ -89,11 +91,12 @@ class ResponseRewriter:
             self._render, max_scan_bytes=config.max_scan_bytes, marker=DATA_BLOCK_ID.encode()
         )
 
-    def _finish_passthrough(self, reason: str) -> None:
+    def _finish_passthrough(self, reason: str, *, keep_cookie: bool = False) -> None:
         self.reason = reason
         self.passthrough = True
         self.ready = True
-        self.headers = self._original + self._extra + self._debug(reason)
+        extra = self._extra if keep_cookie else []
+        self.headers = self._original + extra + self._debug(reason)
 
     def _debug(self, reason: str) -> Headers:
         if not self.engine.config.show_debug_header:

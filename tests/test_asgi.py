@@ -13,6 +13,8 @@ import pytest
 from replay_middleware import ReplayConfig, ReplayMiddleware, current_replay, get_replay_properties
 from replay_middleware.asgi import Message, Receive, Scope, Send
 
+from .cases import CASES, Case, check
+
 pytestmark = pytest.mark.anyio
 
 PAGE = b"<!DOCTYPE html><html><head><title>t</title></head><body><p>hi</p></body></html>"
@@ -379,3 +381,20 @@ async def test_example_app_through_asgi_transport() -> None:
         assert who["replay"] == {
             "[Amplitude] Session Replay ID": f"{data['ids']['deviceId']}/{data['ids']['sessionId']}"
         }
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_injection_cases(case: Case) -> None:
+    config = ReplayConfig(**{"sample_rate": 1.0, "debug_header": False, **case.config})
+    messages: list[Message] = [
+        start(case.status, [(k.encode(), v.encode()) for k, v in case.app_headers()])
+    ]
+    chunks = [c.replace(b"|", b"") for c in case.body]
+    messages += [body(c, more=True) for c in chunks[:-1]] + [body(chunks[-1])]
+    request_headers = [(k.encode(), v.encode()) for k, v in case.request_headers]
+    sent = await run(responder(*messages), scope(case.path, case.method, request_headers), config=config)
+    headers = [(k.decode(), v.decode()) for k, v in sent[0]["headers"]]
+    out = whole_body(sent)
+    if case.method == "HEAD":
+        out = b""
+    check(case, sent[0]["status"], headers, out)
