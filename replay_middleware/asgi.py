@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import ReplayConfig
 from .context import reset_current, set_current
+from .decision import ReplayContext
 from .engine import HttpResponse, ReplayEngine, RequestState, encode_headers
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
@@ -60,28 +61,27 @@ class ReplayMiddleware:
         self.config = config or ReplayConfig()
         self.engine = ReplayEngine(self.config)
         self.sdk = AsyncSdkProvider(self.config.sdk_version)
+        self._prefix_slash = self.engine.prefix + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
-        try:
-            request = request_info(scope)
-            if self.engine.is_endpoint(request.path):
-                await self._endpoint(request, receive, send)
-                return
-            state = self.engine.begin(request)
-        except Exception:
-            logger.exception(
-                "replay-middleware: request handling failed; passing the request through"
-            )
-            await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path == self.engine.prefix or path.startswith(self._prefix_slash):
+            try:
+                await self._endpoint(request_info(scope), receive, send)
+            except Exception:
+                logger.exception("replay-middleware: endpoint %s failed", path)
+                raise
             return
-        scope[SCOPE_KEY] = state.context
-        scope.setdefault("state", {})["replay"] = state.context
-        token = set_current(state.context)
+        lazy = _LazyState(self.engine, scope)
+        scope[SCOPE_KEY] = lazy
+        # Starlette's request.state reads this dict: the decision is computed on first use.
+        scope["state"] = _StateDict(scope.get("state") or {}, lazy)
+        token = set_current(lazy)
         try:
-            await self.app(scope, receive, _Responder(self.engine, state, send).send)
+            await self.app(scope, receive, _Responder(lazy, send).send)
         finally:
             reset_current(token)
 
@@ -142,11 +142,53 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+class _LazyState:
+    """The request's identity and decision, computed once, on first use."""
+
+    __slots__ = ("_engine", "_scope", "_state")
+
+    def __init__(self, engine: ReplayEngine, scope: Scope) -> None:
+        self._engine = engine
+        self._scope = scope
+        self._state: RequestState | None = None
+
+    def state(self) -> RequestState:
+        if self._state is None:
+            self._state = self._engine.begin(request_info(self._scope))
+        return self._state
+
+    def context(self) -> ReplayContext:
+        return self.state().context
+
+
+class _StateDict(dict[str, Any]):
+    """``scope["state"]`` whose ``"replay"`` entry is computed when first read."""
+
+    def __init__(self, initial: MutableMapping[str, Any], lazy: _LazyState) -> None:
+        super().__init__(initial)
+        self._lazy = lazy
+
+    def __missing__(self, key: str) -> Any:
+        if key != "replay":
+            raise KeyError(key)
+        value = self["replay"] = self._lazy.context()
+        return value
+
+
+def _may_be_html(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A cheap, conservative pre-check: False only when no Content-Type mentions html."""
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == b"content-type" and b"html" in value.lower():
+            return True
+    return False
+
+
 class _Responder:
     """Wraps ``send`` for one response."""
 
-    def __init__(self, engine: ReplayEngine, state: RequestState, send: Send) -> None:
-        self.rewriter = ResponseRewriter(engine, state)
+    def __init__(self, lazy: _LazyState, send: Send) -> None:
+        self._lazy = lazy
+        self.rewriter: ResponseRewriter | None = None
         self._send = send
         self._mode = "start"  # "start" → "scan" (holding) → "pass"
         self._start: Message | None = None
@@ -167,15 +209,19 @@ class _Responder:
             await self._send(message)
 
     async def _on_start(self, message: Message) -> None:
+        raw = message.get("headers") or []
+        engine = self._lazy._engine
+        if not _may_be_html(raw) and not engine.config.show_debug_header:
+            # Not HTML: nothing to decide, nothing to compute (the common API response).
+            self._mode = "pass"
+            await self._send(message)
+            return
         try:
-            headers = [
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers") or ()
-            ]
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+            self.rewriter = ResponseRewriter(engine, self._lazy.state())
             self.rewriter.start(message["status"], headers)
         except Exception:
-            logger.exception(
-                "replay-middleware: failed deciding on a response; sending it untouched"
-            )
+            logger.exception("replay-middleware: failed deciding on a response; sending it untouched")
             self._mode = "pass"
             await self._send(message)
             return
@@ -192,12 +238,13 @@ class _Responder:
         chunk = message.get("body", b"")
         more = message.get("more_body", False)
         self._held.append(chunk)
+        rewriter = self.rewriter
+        assert rewriter is not None
         try:
-            out = self.rewriter.body(chunk)
+            out = rewriter.body(chunk)
             if not more:
-                out += self.rewriter.finish()
-            ready = self.rewriter.ready
-            headers = encode_headers(self.rewriter.headers) if ready else None
+                out += rewriter.finish()
+            headers = encode_headers(rewriter.headers) if rewriter.ready else None
         except Exception:
             logger.exception("replay-middleware: failed rewriting a response; sending it untouched")
             await self._flush_original(more_body=more)

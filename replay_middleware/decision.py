@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import ReplayConfig
-from .headers import get_all, get_first, media_type, parse_cache_control, parse_content_length
+from .headers import media_type, parse_cache_control, parse_content_length
 from .identity import Identity
 from .request import RequestInfo
 from .routes import RouteRules
@@ -187,29 +187,30 @@ def response_skip_reason(
     status: int, headers: Sequence[tuple[str, str]], config: ReplayConfig
 ) -> str | None:
     """H1's response-side checks, H5's framing checks and H8's marker, in a fixed order."""
-    if get_first(headers, MARKER_HEADER) is not None:
-        return "already_injected"
     if status not in config.inject_status:
         return "status"
-    ctypes = get_all(headers, "content-type")
+    by_name: dict[str, list[str]] = {}
+    for name, value in headers:
+        by_name.setdefault(name.lower(), []).append(value)
+    if MARKER_HEADER in by_name:
+        return "already_injected"
+    ctypes = by_name.get("content-type", ())
     mtype, params = media_type(ctypes[0] if len(ctypes) == 1 else None)
     if mtype != "text/html":
         return "not_html"
     charset = params.get("charset", "").strip().lower()
     if charset.startswith(_NON_ASCII_CHARSETS):
         return "charset"
-    encodings = [
-        e.strip().lower() for v in get_all(headers, "content-encoding") for e in v.split(",")
-    ]
-    if any(e and e != "identity" for e in encodings):
-        return "encoded"
-    disposition = get_first(headers, "content-disposition")
-    if disposition is not None and disposition.split(";", 1)[0].strip().lower() == "attachment":
+    for value in by_name.get("content-encoding", ()):
+        if any(e.strip().lower() not in ("", "identity") for e in value.split(",")):
+            return "encoded"
+    disposition = by_name.get("content-disposition")
+    if disposition and disposition[0].split(";", 1)[0].strip().lower() == "attachment":
         return "attachment"
-    if "no-transform" in parse_cache_control(get_all(headers, "cache-control")):
+    if "cache-control" in by_name and "no-transform" in parse_cache_control(by_name["cache-control"]):
         return "no_transform"
-    if status == 206 or get_first(headers, "content-range") is not None:
+    if status == 206 or "content-range" in by_name:
         return "partial"
-    if parse_content_length(headers) is False:
+    if "content-length" in by_name and parse_content_length(headers) is False:
         return "bad_length"
     return None

@@ -12,6 +12,7 @@ output is pure ASCII: JSON is written with ``ensure_ascii`` and ``<``, ``>``, ``
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ __all__ = ["DATA_BLOCK_ID", "SnippetRenderer", "SnippetSettings", "dumps_for_htm
 #: The id of the JSON data block; a page holding it already gets no second snippet (N4, H8).
 DATA_BLOCK_ID = "replay-middleware-config"
 
+# CSP3 base64-value; also keeps the attribute free of quotes and markup.
+_NONCE_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027"})
 
 
@@ -50,7 +53,15 @@ class SnippetSettings:
 
 
 class SnippetRenderer:
-    """Renders the snippet; immutable after construction."""
+    """Renders the snippet; immutable after construction.
+
+    The Jinja2 template is rendered once, at construction, with placeholders; the JSON parts
+    that never change are serialised once too. Per request only the ids, the decision, the
+    per-request options and the nonce are serialised and put in place.
+    """
+
+    _DATA = "\x00DATA\x00"
+    _NONCE = "\x00NONCE\x00"
 
     def __init__(self, settings: SnippetSettings) -> None:
         self.settings = settings
@@ -60,7 +71,39 @@ class SnippetRenderer:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
         )
-        self._template = env.get_template("snippet.html")
+        template = env.get_template("snippet.html")
+        self._shapes = {
+            static_sdk: template.render(
+                data=Markup(self._DATA),
+                loader_url=settings.loader_url,
+                sdk_url=settings.sdk_url,
+                sdk_integrity=settings.sdk_integrity,
+                nonce=Markup(self._NONCE),
+                sdk_tag=static_sdk,
+            )
+            for static_sdk in (False, True)
+        }
+        s = settings
+        session = {"url": s.session_url, "cookie": s.cookie_name, "timeoutMs": s.session_timeout_ms}
+        tail = {
+            "endpoints": None if s.endpoints is None else dict(s.endpoints),
+        }
+        self._base_options = dict(s.base_options)
+        self._head = {
+            static_sdk: dumps_for_html(
+                {
+                    "v": 1,
+                    "apiKey": s.api_key,
+                    "sdk": {"url": s.sdk_url, "integrity": s.sdk_integrity, "static": static_sdk},
+                    "session": session,
+                }
+            )[:-1]
+            for static_sdk in (False, True)
+        }
+        self._endpoints = dumps_for_html(tail)[1:-1]
+        self._tail = dumps_for_html(
+            {"routes": dict(s.routes), "optOutCookie": f"{s.cookie_name}_optout"}
+        )[1:]
 
     def data(
         self,
@@ -71,28 +114,34 @@ class SnippetRenderer:
         static_sdk: bool = False,
     ) -> dict[str, Any]:
         """The JSON object of the data block; ``ids`` None gives the user-agnostic form."""
-        s = self.settings
-        merged = dict(s.base_options)
+        data: dict[str, Any] = json.loads(
+            self._json(ids=ids, record=record, options=options, static_sdk=static_sdk)
+        )
+        return data
+
+    def _json(
+        self,
+        *,
+        ids: tuple[str, int, int] | None,
+        record: bool | None,
+        options: Mapping[str, Any] | None,
+        static_sdk: bool,
+    ) -> str:
+        merged = self._base_options
         if options:
-            merged.update(options)
-        return {
-            "v": 1,
-            "apiKey": s.api_key,
-            "sdk": {"url": s.sdk_url, "integrity": s.sdk_integrity, "static": static_sdk},
-            "session": {
-                "url": s.session_url,
-                "cookie": s.cookie_name,
-                "timeoutMs": s.session_timeout_ms,
-            },
-            "ids": None
-            if ids is None
-            else {"deviceId": ids[0], "sessionId": ids[1], "lastActivity": ids[2]},
-            "record": record,
-            "endpoints": None if s.endpoints is None else dict(s.endpoints),
-            "options": merged,
-            "routes": dict(s.routes),
-            "optOutCookie": f"{s.cookie_name}_optout",
-        }
+            merged = {**merged, **options}
+        variable = dumps_for_html(
+            {
+                "ids": None
+                if ids is None
+                else {"deviceId": ids[0], "sessionId": ids[1], "lastActivity": ids[2]},
+                "record": record,
+            }
+        )[1:-1]
+        return (
+            f"{self._head[static_sdk]},{variable},{self._endpoints},"
+            f'"options":{dumps_for_html(merged)},{self._tail}'
+        )
 
     def render(
         self,
@@ -103,17 +152,12 @@ class SnippetRenderer:
         options: Mapping[str, Any] | None = None,
         static_sdk: bool = False,
     ) -> str:
-        """The snippet markup (ASCII). ``nonce`` None renders no nonce attribute value."""
-        data = self.data(ids=ids, record=record, options=options, static_sdk=static_sdk)
-        s = self.settings
-        html = self._template.render(
-            data=Markup(dumps_for_html(data)),
-            loader_url=s.loader_url,
-            sdk_url=s.sdk_url,
-            sdk_integrity=s.sdk_integrity,
-            nonce=nonce or "",
-            sdk_tag=static_sdk,
-        )
-        if not nonce:
-            html = html.replace(' nonce=""', "")
-        return html
+        """The snippet markup (ASCII). ``nonce`` None renders no nonce attribute."""
+        if nonce is not None and not _NONCE_RE.fullmatch(nonce):
+            raise ValueError("nonce must be a base64 or base64url value")
+        shape = self._shapes[static_sdk]
+        data = self._json(ids=ids, record=record, options=options, static_sdk=static_sdk)
+        html = shape.replace(self._DATA, data)
+        if nonce:
+            return html.replace(self._NONCE, nonce)
+        return html.replace(f' nonce="{self._NONCE}"', "")

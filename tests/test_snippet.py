@@ -66,3 +66,18 @@ def test_trusted_types_mode_adds_a_parser_inserted_sdk_tag() -> None:
         in html
     )
     assert '"static":true' in html
+
+
+def test_nonce_must_be_a_base64_value() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="nonce"):
+        SnippetRenderer(SETTINGS).render(nonce='x" onload="alert(1)', ids=None, record=None)
+
+
+def test_per_request_options_override_base_options_without_leaking() -> None:
+    renderer = SnippetRenderer(SETTINGS)
+    first = renderer.data(ids=None, record=None, options={"serverZone": "EU", "useWebWorker": False})
+    second = renderer.data(ids=None, record=None)
+    assert first["options"] == {"serverZone": "EU", "useWebWorker": False}
+    assert second["options"] == {"serverZone": "US"}
