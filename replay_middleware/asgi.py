@@ -221,7 +221,9 @@ class _Responder:
             self.rewriter = ResponseRewriter(engine, self._lazy.state())
             self.rewriter.start(message["status"], headers)
         except Exception:
-            logger.exception("replay-middleware: failed deciding on a response; sending it untouched")
+            logger.exception(
+                "replay-middleware: failed deciding on a response; sending it untouched"
+            )
             self._mode = "pass"
             await self._send(message)
             return

@@ -111,9 +111,11 @@ def decide(
     *,
     sample_rate: float | None = None,
     capture_enabled: bool = True,
+    page_request: bool = True,
 ) -> ReplayContext:
     """Decide for one request (D1). ``sample_rate`` is the effective rate (S2): the project's
-    remote config when known, else ``config.sample_rate``."""
+    remote config when known, else ``config.sample_rate``. ``page_request`` False (the loader's
+    ``/session`` call) skips the request-eligibility checks, which only concern pages."""
     rate = config.sample_rate if sample_rate is None else sample_rate
     forced = False
     reason: str
@@ -140,7 +142,7 @@ def decide(
                 "in_sample" if is_session_in_sample(identity.session_id, rate) else "not_in_sample"
             )
     sampled = reason in RECORDING_REASONS
-    request_reason = request_skip_reason(request, config)
+    request_reason = request_skip_reason(request, config) if page_request else None
     return ReplayContext(
         device_id=identity.device_id,
         session_id=identity.session_id,
@@ -207,7 +209,9 @@ def response_skip_reason(
     disposition = by_name.get("content-disposition")
     if disposition and disposition[0].split(";", 1)[0].strip().lower() == "attachment":
         return "attachment"
-    if "cache-control" in by_name and "no-transform" in parse_cache_control(by_name["cache-control"]):
+    if "cache-control" in by_name and "no-transform" in parse_cache_control(
+        by_name["cache-control"]
+    ):
         return "no_transform"
     if status == 206 or "content-range" in by_name:
         return "partial"

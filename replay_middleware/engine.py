@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ReplayConfig
@@ -345,11 +345,7 @@ class ReplayEngine:
         """I5: the current ids, rolling the session if it timed out. Route rules are the
         loader's business here (this request's path is the endpoint's, not the page's)."""
         identity = resolve_identity(request, self.config, self.codec, self.now_ms())
-        ctx = decide(request, identity.identity, self.config, self._no_routes)
-        ctx = replace(
-            ctx,
-            reason=ctx.reason if ctx.eligible else "in_sample" if ctx.sampled else "not_in_sample",
-        )
+        ctx = decide(request, identity.identity, self.config, self._no_routes, page_request=False)
         state = RequestState(request, ctx, identity, self._is_secure(request))
         ident = identity.identity
         payload = {

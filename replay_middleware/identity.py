@@ -88,7 +88,9 @@ class IdentityCodec:
         return base64_encode(hmac.digest(self._key, payload, "sha1"))
 
     def dumps(self, identity: Identity) -> str:
-        payload = f"{identity.device_id}.{identity.session_id}.{identity.last_activity}".encode("ascii")
+        payload = f"{identity.device_id}.{identity.session_id}.{identity.last_activity}".encode(
+            "ascii"
+        )
         return (payload + b"." + self._signature(payload)).decode("ascii")
 
     def loads(self, value: str) -> Identity | None:

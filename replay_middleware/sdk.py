@@ -240,9 +240,7 @@ def _gunzip(url: str, data: bytes) -> bytes:
     return out
 
 
-def fetch_cdn(
-    version: str, client: httpx.Client, *, base_url: str = CDN_BASE
-) -> SdkBundle:
+def fetch_cdn(version: str, client: httpx.Client, *, base_url: str = CDN_BASE) -> SdkBundle:
     """Download and verify the bundle of ``version`` from ``base_url`` with ``client``.
 
     Redirects are not followed. Raises ``SdkUnavailable`` on a network error, a status other

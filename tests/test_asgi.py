@@ -392,9 +392,24 @@ async def test_injection_cases(case: Case) -> None:
     chunks = [c.replace(b"|", b"") for c in case.body]
     messages += [body(c, more=True) for c in chunks[:-1]] + [body(chunks[-1])]
     request_headers = [(k.encode(), v.encode()) for k, v in case.request_headers]
-    sent = await run(responder(*messages), scope(case.path, case.method, request_headers), config=config)
+    sent = await run(
+        responder(*messages), scope(case.path, case.method, request_headers), config=config
+    )
     headers = [(k.decode(), v.decode()) for k, v in sent[0]["headers"]]
     out = whole_body(sent)
     if case.method == "HEAD":
         out = b""
     check(case, sent[0]["status"], headers, out)
+
+
+async def test_session_endpoint_applies_privacy_signals_not_page_rules() -> None:
+    mw = ReplayMiddleware(responder(), config=ReplayConfig(sample_rate=1))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
+        fetched = await client.get("/_replay/session", headers={"sec-fetch-dest": "empty"})
+        assert fetched.json()["record"] is True
+        gpc = await client.get("/_replay/session", headers={"sec-gpc": "1", "cookie": ""})
+        assert gpc.json()["record"] is False
+        assert gpc.headers["x-replay-decision"] == "opted_out_gpc"
+        assert "set-cookie" not in gpc.headers

@@ -44,11 +44,24 @@ asyncio.run(main())
 
 def test_wheel_installs_alone_and_serves_the_loader(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
-        check=True,
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert built.returncode == 0, built.stderr
     [wheel] = dist.glob("replay_middleware-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "replay_middleware/templates/snippet.html" in names
@@ -61,15 +74,30 @@ def test_wheel_installs_alone_and_serves_the_loader(tmp_path: Path) -> None:
     python = env_dir / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", site, str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            "--target",
+            site,
+            str(wheel),
+        ],
         check=True,
         timeout=300,
     )
-    out = subprocess.run([str(python), "-c", SCRIPT], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [str(python), "-c", SCRIPT], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     # make setup vendors the SDK into static/, so the wheel serves it without any network.
     assert out.stdout.strip() == "sdk 200 472630"
