@@ -69,11 +69,7 @@ class ReplayMiddleware:
             return
         path = scope.get("path", "")
         if path == self.engine.prefix or path.startswith(self._prefix_slash):
-            try:
-                await self._endpoint(request_info(scope), receive, send)
-            except Exception:
-                logger.exception("replay-middleware: endpoint %s failed", path)
-                raise
+            await self._endpoint(scope, receive, send)
             return
         lazy = _LazyState(self.engine, scope)
         scope[SCOPE_KEY] = lazy
@@ -85,7 +81,25 @@ class ReplayMiddleware:
         finally:
             reset_current(token)
 
-    async def _endpoint(self, request: RequestInfo, receive: Receive, send: Send) -> None:
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            result = await self._endpoint_response(request_info(scope), receive)
+        except Exception:
+            # Never a bare 500 from our code: the SDK treats 503 as "retry later".
+            logger.exception("replay-middleware: endpoint %s failed", scope.get("path"))
+            result = HttpResponse(
+                503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
+            )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": result.status,
+                "headers": encode_headers(result.headers),
+            }
+        )
+        await send({"type": "http.response.body", "body": result.body})
+
+    async def _endpoint_response(self, request: RequestInfo, receive: Receive) -> HttpResponse:
         result = self.engine.endpoint(request)
         if result == "read_body":
             body = await _read_body(receive, self.config.max_upload_bytes)
@@ -115,14 +129,7 @@ class ReplayMiddleware:
             else:
                 result = self.engine.sdk_response(request, bundle.body, bundle.etag)
         assert isinstance(result, HttpResponse)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": result.status,
-                "headers": encode_headers(result.headers),
-            }
-        )
-        await send({"type": "http.response.body", "body": result.body})
+        return result
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -413,3 +413,24 @@ async def test_session_endpoint_applies_privacy_signals_not_page_rules() -> None
         assert gpc.json()["record"] is False
         assert gpc.headers["x-replay-decision"] == "opted_out_gpc"
         assert "set-cookie" not in gpc.headers
+
+
+async def test_route_mask_level_overrides_privacy_for_that_route() -> None:
+    config = ReplayConfig(
+        sample_rate=1,
+        privacy={"defaultMaskLevel": "light", "blockSelector": ".secret"},
+        route_mask_levels={"/checkout/*": "conservative"},
+    )
+    checkout = whole_body(await run(responder(start(), body(PAGE)), scope("/checkout/pay"), config=config))
+    home = whole_body(await run(responder(start(), body(PAGE)), scope("/"), config=config))
+    assert b'"privacyConfig":{"defaultMaskLevel":"conservative","blockSelector":".secret"}' in checkout
+    assert b'"privacyConfig":{"defaultMaskLevel":"light","blockSelector":".secret"}' in home
+
+
+async def test_endpoint_failure_answers_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a: object, **k: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("replay_middleware.engine.ReplayEngine._session", broken)
+    sent = await run(responder(), scope("/_replay/session"))
+    assert sent[0]["status"] == 503
