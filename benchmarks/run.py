@@ -27,11 +27,13 @@ from replay_middleware import ReplayConfig, ReplayMiddleware
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
-JSON_BODY = json.dumps({"items": [{"id": i, "name": f"item {i}", "ok": True} for i in range(40)]}).encode()
+JSON_BODY = json.dumps(
+    {"items": [{"id": i, "name": f"item {i}", "ok": True} for i in range(40)]}
+).encode()
 _PARA = b"<p>" + b"Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8 + b"</p>\n"
 HTML_30K = (
-    b"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Bench</title>\n"
-    b"<link rel=\"stylesheet\" href=\"/static/app.css\">\n</head>\n<body>\n"
+    b'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Bench</title>\n'
+    b'<link rel="stylesheet" href="/static/app.css">\n</head>\n<body>\n'
     + _PARA * (30_000 // len(_PARA))
     + b"</body>\n</html>\n"
 )
@@ -49,11 +51,22 @@ def make_app(body: bytes, content_type: bytes) -> App:
 
 def scope(path: str) -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "headers": [(b"host", b"example.test"), (b"accept-encoding", b"gzip, deflate, br"),
-                    (b"user-agent", b"bench"), (b"accept", b"text/html,*/*")],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [
+            (b"host", b"example.test"),
+            (b"accept-encoding", b"gzip, deflate, br"),
+            (b"user-agent", b"bench"),
+            (b"accept", b"text/html,*/*"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
     }
 
 
@@ -83,7 +96,10 @@ async def measure(rounds: int, n: int) -> dict[str, float]:
         "json_replay": (ReplayMiddleware(json_app, config=config), "/api"),
         "html_bare": (html_app, "/"),
         "html_replay_injected": (ReplayMiddleware(html_app, config=config), "/"),
-        "html_replay_unsampled": (ReplayMiddleware(html_app, config=ReplayConfig(sample_rate=0.0, debug_header=False)), "/"),
+        "html_replay_unsampled": (
+            ReplayMiddleware(html_app, config=ReplayConfig(sample_rate=0.0, debug_header=False)),
+            "/",
+        ),
     }
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for app, path in variants.values():
@@ -112,7 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
+    parser.add_argument(
+        "--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md")
+    )
     args = parser.parse_args()
     r = asyncio.run(measure(args.rounds, args.requests))
     ours = r["json_replay"] - r["json_bare"]
@@ -133,8 +151,12 @@ def main() -> None:
         "|---|---:|---:|",
     ]
     for name, bare in (
-        ("json_bare", "json_bare"), ("json_gzip", "json_bare"), ("json_replay", "json_bare"),
-        ("html_bare", "html_bare"), ("html_replay_injected", "html_bare"), ("html_replay_unsampled", "html_bare"),
+        ("json_bare", "json_bare"),
+        ("json_gzip", "json_bare"),
+        ("json_replay", "json_bare"),
+        ("html_bare", "html_bare"),
+        ("html_replay_injected", "html_bare"),
+        ("html_replay_unsampled", "html_bare"),
     ):
         lines.append(f"| {name} | {r[name]:.2f} | {r[name] - r[bare]:.2f} |")
     lines += [

@@ -20,7 +20,11 @@ Insertion point (first match wins, all found by a tokenizer, never by a plain by
    allowed in head (allowed: html, head, base, basefont, bgsound, link, meta, title, noscript,
    noframes, style, script, template), before the end tags ``</body>``, ``</html>``, ``</br>``,
    or before the first non-whitespace character data;
-3. at the end of the document, when the body ends with the tokenizer in its data state.
+3. at the end of the document, when the body ends with the tokenizer in its data state and
+   outside any ``<template>``.
+
+A tag that closes the head is decided from its name alone, so a ``<body ...>`` whose
+attributes are still arriving does not hold the response back.
 
 "Real" tags exclude comments (also ``<!-->``, ``<!--->``, ``--!>`` endings), bogus comments
 (``<?...>``, ``<!...>``, ``</ ...>``), the doctype, quoted and unquoted attribute values, the
@@ -39,7 +43,11 @@ followed by whitespace, ``/`` or ``>``. This is decided from the first bytes tha
 BOM, whitespace or comment. The snippet always goes after the BOM and the doctype.
 
 Decisions depend only on the first ``max_scan_bytes`` bytes (and on whether the body ended
-within them), so the output never depends on how the body was chunked.
+within them), so the output never depends on how the body was chunked. At most those bytes
+plus the chunk being fed are held. The scan is incremental and linear: tokenizer state is
+kept between chunks, an unfinished construct at the end of the held bytes is resumed rather
+than re-read (at most a few bytes of look-behind are scanned again per chunk), and the marker
+is searched once, at the insertion point, before ``render`` is called.
 
 Skip reasons (stable codes; the body is then released byte-identical):
 
@@ -107,11 +115,11 @@ Render: TypeAlias = Callable[[Sequence[MetaPolicy]], "Insertion | str"]
 
 # --------------------------------------------------------------------------------------------
 # Byte patterns. Whitespace is the HTML set (tab, LF, FF, CR, space); CR counts because the
-# input stream preprocessor turns it into LF. Every pattern is deterministic (one way to
-# match at any position) so a failed match on an incomplete tag costs linear time, not
-# exponential backtracking.
+# input stream preprocessor turns it into LF. The tag patterns admit one way only to match a
+# given input (lookaheads make every run maximal), so a failed match on an unfinished tag
+# costs linear time, not exponential backtracking. Patterns ending in "*" always match, hence
+# the ``type: ignore[union-attr]`` on their ``.match(...).end()``.
 
-_WS_CLASS = rb"\t\n\f\r "
 _LT, _GT, _BANG, _SLASH, _DASH, _QMARK = 0x3C, 0x3E, 0x21, 0x2F, 0x2D, 0x3F
 _DQUOTE, _SQUOTE, _EQ = 0x22, 0x27, 0x3D
 
@@ -436,10 +444,10 @@ class Injector:
         that, ``chunk`` itself. Raises whatever ``render`` raises (see the module docstring)
         and ``RuntimeError`` after ``close()``.
         """
-        if self._passthrough:
-            return chunk
         if self._closed:
             raise RuntimeError("Injector.feed() called after close()")
+        if self._passthrough:
+            return chunk
         buf = self._buf
         if not buf:
             self._buf = chunk  # the common one-chunk body is scanned without a copy
@@ -453,11 +461,10 @@ class Injector:
 
     def close(self) -> bytes:
         """Mark the end of the body; return everything still held (deciding if needed)."""
-        if self._passthrough or self._closed:
-            self._closed = True
-            return b""
         self._closed = True
-        if self._done:
+        if self._passthrough:
+            return b""
+        if self._done:  # render raised earlier: release everything unmodified
             return self._release(self._reason or "render_error")
         return self._advance(eof=True)
 
@@ -588,24 +595,21 @@ class Injector:
                     pos = q + 1
             elif state == _TAG_PENDING:
                 q = self._tag_start
-                sub = self._sub
-                tag_end, pos, self._sub = _scan_tag_end(buf, pos, end, sub)
-                m = _TAG_NAME_RE.match(buf, q, end)
-                assert m is not None  # checked when the tag was opened
+                in_name = self._sub == _T_NAME
+                tag_end, pos, self._sub = _scan_tag_end(buf, pos, end, self._sub)
                 # Its name alone says whether a tag closes the head: decide as soon as the name
                 # is complete rather than hold a long tag (or one the document never finishes).
-                if (
-                    sub == _T_NAME
-                    and self._sub != _T_NAME
-                    and self._depth == 0
-                    and _closes_head(m.start(1) != m.end(1), m.group(2).lower())
-                ):
+                name_done = in_name and self._sub != _T_NAME
+                if tag_end < 0 and not (name_done and self._depth == 0):
+                    break
+                m = _TAG_NAME_RE.match(buf, q, end)  # once per tag: the name is complete
+                assert m is not None  # checked when the tag was opened
+                is_end = m.start(1) != m.end(1)
+                if name_done and self._depth == 0 and _closes_head(is_end, m.group(2).lower()):
                     return q
                 if tag_end < 0:
                     break
-                trigger = self._on_tag(
-                    q, tag_end, m.start(1) != m.end(1), m.group(2), m.end(2), tag_end - 1
-                )
+                trigger = self._on_tag(q, tag_end, is_end, m.group(2), m.end(2), tag_end - 1)
                 if trigger is not None:
                     return trigger
                 pos = tag_end

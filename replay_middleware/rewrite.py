@@ -158,7 +158,7 @@ class ResponseRewriter:
         assert injector is not None
         if not injector.injected:
             reason = injector.reason or "no_anchor"
-            if reason in ("scan_limit", "fragment", "utf16"):
+            if reason in ("scan_limit", "fragment", "utf16", "no_insertion_point", "render_error"):
                 self.engine.log_once(
                     f"inject:{reason}", "replay-middleware: page not injected (%s)", reason
                 )

@@ -62,49 +62,238 @@ def _c(id: str, case: Case) -> Any:
 
 
 CASES = [
-    _c("plain-page", Case((PAGE,), "injected", expect_headers={"x-replay-middleware": "injected", "vary": "Cookie"})),
-    _c("uppercase-head", Case((b"<!DOCTYPE html><HTML><HEAD><TITLE>t</TITLE>|</HEAD><BODY></BODY></HTML>",), "injected")),
-    _c("head-end-with-space", Case((b"<!doctype html><html><head>|</head ><body></body></html>",), "injected")),
-    _c("comment-with-fake-anchor", Case((b"<!doctype html><html><head><!-- </head><body> -->|</head><body></body></html>",), "injected")),
-    _c("script-with-fake-anchor", Case((b"<!doctype html><html><head><script>var s='</head><body>';</script>|</head><body></body></html>",), "injected")),
-    _c("style-textarea-title", Case((b"<!doctype html><html><head><style>a::after{content:'</head>'}</style><title></head></title>|</head><body><textarea></head></textarea></body></html>",), "injected")),
-    _c("attribute-with-gt", Case((b"<!doctype html><html><head><meta name=\"x\" content=\"a > </head>\">|</head><body></body></html>",), "injected")),
-    _c("header-element-is-not-head", Case((b"<!doctype html><html><head><title>x</title>|</head><body><header>h</header></body></html>",), "injected")),
+    _c(
+        "plain-page",
+        Case(
+            (PAGE,),
+            "injected",
+            expect_headers={"x-replay-middleware": "injected", "vary": "Cookie"},
+        ),
+    ),
+    _c(
+        "uppercase-head",
+        Case(
+            (b"<!DOCTYPE html><HTML><HEAD><TITLE>t</TITLE>|</HEAD><BODY></BODY></HTML>",),
+            "injected",
+        ),
+    ),
+    _c(
+        "head-end-with-space",
+        Case((b"<!doctype html><html><head>|</head ><body></body></html>",), "injected"),
+    ),
+    _c(
+        "comment-with-fake-anchor",
+        Case(
+            (b"<!doctype html><html><head><!-- </head><body> -->|</head><body></body></html>",),
+            "injected",
+        ),
+    ),
+    _c(
+        "script-with-fake-anchor",
+        Case(
+            (
+                b"<!doctype html><html><head><script>var s='</head><body>';</script>|</head><body></body></html>",
+            ),
+            "injected",
+        ),
+    ),
+    _c(
+        "style-textarea-title",
+        Case(
+            (
+                b"<!doctype html><html><head><style>a::after{content:'</head>'}</style><title></head></title>|</head><body><textarea></head></textarea></body></html>",
+            ),
+            "injected",
+        ),
+    ),
+    _c(
+        "attribute-with-gt",
+        Case(
+            (
+                b'<!doctype html><html><head><meta name="x" content="a > </head>">|</head><body></body></html>',
+            ),
+            "injected",
+        ),
+    ),
+    _c(
+        "header-element-is-not-head",
+        Case(
+            (
+                b"<!doctype html><html><head><title>x</title>|</head><body><header>h</header></body></html>",
+            ),
+            "injected",
+        ),
+    ),
     _c("implied-head-end", Case((b"<!doctype html><title>x</title>|<p>hi</p>",), "injected")),
-    _c("bodyguard-is-body-content", Case((b"<!doctype html><html><head><title>x</title>|<bodyguard></bodyguard></html>",), "injected")),
+    _c(
+        "bodyguard-is-body-content",
+        Case(
+            (b"<!doctype html><html><head><title>x</title>|<bodyguard></bodyguard></html>",),
+            "injected",
+        ),
+    ),
     _c("doctype-only", Case((b"<!DOCTYPE html>|",), "injected")),
-    _c("utf8-bom", Case((b"\xef\xbb\xbf<!DOCTYPE html><html><head>|</head><body></body></html>",), "injected")),
-    _c("utf16-bom", Case(("\ufeff<!DOCTYPE html><html><head></head></html>".encode("utf-16-le"),), "identical")),
+    _c(
+        "utf8-bom",
+        Case((b"\xef\xbb\xbf<!DOCTYPE html><html><head>|</head><body></body></html>",), "injected"),
+    ),
+    _c(
+        "utf16-bom",
+        Case(("\ufeff<!DOCTYPE html><html><head></head></html>".encode("utf-16-le"),), "identical"),
+    ),
     _c("fragment", Case((b"<div>partial</div>",), "identical")),
     _c("anchor-split-across-chunks", Case(split(PAGE, 40, 43, 44), "injected")),
     _c("one-byte-chunks", Case(tuple(PAGE[i : i + 1] for i in range(len(PAGE))), "injected")),
-    _c("etag-weakened", Case((PAGE,), "injected", headers=(HTML, ("etag", '"v1"')), expect_headers={"etag": 'W/"v1"'})),
-    _c("digest-and-ranges-dropped", Case((PAGE,), "injected", headers=(HTML, ("content-md5", "x"), ("accept-ranges", "bytes")), expect_headers={"content-md5": None, "accept-ranges": None})),
-    _c("streaming-without-length", Case(split(PAGE, 10, 50), "injected", set_length=False, expect_headers={"content-length": None})),
-    _c("vary-appended", Case((PAGE,), "injected", headers=(HTML, ("vary", "Accept-Encoding")), expect_headers={"vary": "Accept-Encoding, Cookie"})),
-    _c("partial-206", Case((PAGE,), "identical", status=206, headers=(HTML, ("content-range", "bytes 0-79/200")))),
+    _c(
+        "etag-weakened",
+        Case(
+            (PAGE,), "injected", headers=(HTML, ("etag", '"v1"')), expect_headers={"etag": 'W/"v1"'}
+        ),
+    ),
+    _c(
+        "digest-and-ranges-dropped",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("content-md5", "x"), ("accept-ranges", "bytes")),
+            expect_headers={"content-md5": None, "accept-ranges": None},
+        ),
+    ),
+    _c(
+        "streaming-without-length",
+        Case(
+            split(PAGE, 10, 50),
+            "injected",
+            set_length=False,
+            expect_headers={"content-length": None},
+        ),
+    ),
+    _c(
+        "vary-appended",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("vary", "Accept-Encoding")),
+            expect_headers={"vary": "Accept-Encoding, Cookie"},
+        ),
+    ),
+    _c(
+        "partial-206",
+        Case((PAGE,), "identical", status=206, headers=(HTML, ("content-range", "bytes 0-79/200"))),
+    ),
     _c("head-request", Case((PAGE,), "identical", method="HEAD")),
     _c("post-request", Case((PAGE,), "identical", method="POST")),
-    _c("attachment", Case((PAGE,), "identical", headers=(HTML, ("content-disposition", "attachment; filename=a.html")))),
+    _c(
+        "attachment",
+        Case(
+            (PAGE,),
+            "identical",
+            headers=(HTML, ("content-disposition", "attachment; filename=a.html")),
+        ),
+    ),
     _c("gzip-encoded", Case((PAGE,), "identical", headers=(HTML, ("content-encoding", "gzip")))),
-    _c("no-transform", Case((PAGE,), "identical", headers=(HTML, ("cache-control", "private, no-transform")))),
-    _c("json", Case((b'{"a": "</head>"}',), "identical", headers=(("content-type", "application/json"),))),
-    _c("svg", Case((b"<svg><head></head></svg>",), "identical", headers=(("content-type", "image/svg+xml"),))),
+    _c(
+        "no-transform",
+        Case((PAGE,), "identical", headers=(HTML, ("cache-control", "private, no-transform"))),
+    ),
+    _c(
+        "json",
+        Case((b'{"a": "</head>"}',), "identical", headers=(("content-type", "application/json"),)),
+    ),
+    _c(
+        "svg",
+        Case(
+            (b"<svg><head></head></svg>",),
+            "identical",
+            headers=(("content-type", "image/svg+xml"),),
+        ),
+    ),
     _c("no-content-204", Case((b"",), "identical", status=204)),
     _c("redirect-302", Case((PAGE,), "identical", status=302, headers=(HTML, ("location", "/x")))),
     _c("error-page-404", Case((PAGE,), "injected", status=404)),
     _c("error-page-500", Case((PAGE,), "injected", status=500)),
-    _c("duplicate-lengths", Case((PAGE,), "identical", headers=(HTML, ("content-length", "1"), ("content-length", "2")), set_length=False)),
-    _c("scan-limit-reached", Case((b"<!doctype html><html><head><style>" + b"x" * 600 + b"</style></head><body></body></html>",), "identical", config={"max_scan_bytes": 256})),
-    _c("already-has-snippet", Case((b'<!doctype html><html><head><script type="application/json" id="replay-middleware-config">{}</script></head></html>',), "identical")),
-    _c("htmx-fragment-request", Case((PAGE,), "identical", request_headers=(("hx-request", "true"),))),
-    _c("iframe-request", Case((PAGE,), "identical", request_headers=(("sec-fetch-dest", "iframe"),))),
-    _c("iframe-request-allowed", Case((PAGE,), "injected", request_headers=(("sec-fetch-dest", "iframe"),), config={"inject_into_iframes": True})),
-    _c("excluded-route", Case((PAGE,), "identical", path="/admin/x", config={"exclude": ("/admin/*",)})),
-    _c("csp-forbids-scripts", Case((PAGE,), "identical", headers=(HTML, ("content-security-policy", "script-src 'none'")))),
-    _c("csp-merged-nonce", Case((PAGE,), "injected", headers=(HTML, ("content-security-policy", "default-src 'self'")))),
-    _c("shared-cacheable", Case((PAGE,), "injected", headers=(HTML, ("cache-control", "public, max-age=300")), expect_headers={"vary": None, "set-cookie": None})),
-    _c("csp-off-leaves-policy", Case((PAGE,), "injected", headers=(HTML, ("content-security-policy", "default-src 'self'")), config={"csp": "off"}, expect_headers={"content-security-policy": "default-src 'self'"})),
+    _c(
+        "duplicate-lengths",
+        Case(
+            (PAGE,),
+            "identical",
+            headers=(HTML, ("content-length", "1"), ("content-length", "2")),
+            set_length=False,
+        ),
+    ),
+    _c(
+        "scan-limit-reached",
+        Case(
+            (
+                b"<!doctype html><html><head><style>"
+                + b"x" * 600
+                + b"</style></head><body></body></html>",
+            ),
+            "identical",
+            config={"max_scan_bytes": 256},
+        ),
+    ),
+    _c(
+        "already-has-snippet",
+        Case(
+            (
+                b'<!doctype html><html><head><script type="application/json" id="replay-middleware-config">{}</script></head></html>',
+            ),
+            "identical",
+        ),
+    ),
+    _c(
+        "htmx-fragment-request",
+        Case((PAGE,), "identical", request_headers=(("hx-request", "true"),)),
+    ),
+    _c(
+        "iframe-request",
+        Case((PAGE,), "identical", request_headers=(("sec-fetch-dest", "iframe"),)),
+    ),
+    _c(
+        "iframe-request-allowed",
+        Case(
+            (PAGE,),
+            "injected",
+            request_headers=(("sec-fetch-dest", "iframe"),),
+            config={"inject_into_iframes": True},
+        ),
+    ),
+    _c(
+        "excluded-route",
+        Case((PAGE,), "identical", path="/admin/x", config={"exclude": ("/admin/*",)}),
+    ),
+    _c(
+        "csp-forbids-scripts",
+        Case(
+            (PAGE,), "identical", headers=(HTML, ("content-security-policy", "script-src 'none'"))
+        ),
+    ),
+    _c(
+        "csp-merged-nonce",
+        Case(
+            (PAGE,), "injected", headers=(HTML, ("content-security-policy", "default-src 'self'"))
+        ),
+    ),
+    _c(
+        "shared-cacheable",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("cache-control", "public, max-age=300")),
+            expect_headers={"vary": None, "set-cookie": None},
+        ),
+    ),
+    _c(
+        "csp-off-leaves-policy",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("content-security-policy", "default-src 'self'")),
+            config={"csp": "off"},
+            expect_headers={"content-security-policy": "default-src 'self'"},
+        ),
+    ),
 ]
 
 

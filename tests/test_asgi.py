@@ -421,9 +421,13 @@ async def test_route_mask_level_overrides_privacy_for_that_route() -> None:
         privacy={"defaultMaskLevel": "light", "blockSelector": ".secret"},
         route_mask_levels={"/checkout/*": "conservative"},
     )
-    checkout = whole_body(await run(responder(start(), body(PAGE)), scope("/checkout/pay"), config=config))
+    checkout = whole_body(
+        await run(responder(start(), body(PAGE)), scope("/checkout/pay"), config=config)
+    )
     home = whole_body(await run(responder(start(), body(PAGE)), scope("/"), config=config))
-    assert b'"privacyConfig":{"defaultMaskLevel":"conservative","blockSelector":".secret"}' in checkout
+    assert (
+        b'"privacyConfig":{"defaultMaskLevel":"conservative","blockSelector":".secret"}' in checkout
+    )
     assert b'"privacyConfig":{"defaultMaskLevel":"light","blockSelector":".secret"}' in home
 
 

@@ -61,9 +61,7 @@ def test_cookie_round_trip_keeps_session_and_slides_activity() -> None:
 
 def test_session_rolls_over_after_inactivity() -> None:
     first = resolve_identity(req(), CONFIG, CODEC, NOW)
-    later = resolve_identity(
-        req(f"replay_id={cookie_of(first)}"), CONFIG, CODEC, NOW + 31 * 60_000
-    )
+    later = resolve_identity(req(f"replay_id={cookie_of(first)}"), CONFIG, CODEC, NOW + 31 * 60_000)
     assert later.identity.device_id == first.identity.device_id
     assert later.identity.session_id == NOW + 31 * 60_000
     assert later.event == "session_timeout"
@@ -107,8 +105,7 @@ def test_cookie_signed_with_another_secret_is_rejected() -> None:
     first = resolve_identity(req(), CONFIG, other, NOW)
     foreign = other.dumps(first.identity)
     assert (
-        resolve_identity(req(f"replay_id={foreign}"), CONFIG, CODEC, NOW).identity.source
-        == "new"
+        resolve_identity(req(f"replay_id={foreign}"), CONFIG, CODEC, NOW).identity.source == "new"
     )
 
 

@@ -18,8 +18,8 @@ def render(metas: Sequence[MetaPolicy]) -> Insertion:
     return Insertion(SNIPPET)
 
 
-def run_chunks(chunks: Sequence[bytes], **kwargs: int) -> tuple[bytes, Injector]:
-    injector = Injector(render, **kwargs)
+def run_chunks(chunks: Sequence[bytes], max_scan_bytes: int = 256 * 1024) -> tuple[bytes, Injector]:
+    injector = Injector(render, max_scan_bytes=max_scan_bytes)
     out = b"".join(injector.feed(chunk) for chunk in chunks)
     return out + injector.close(), injector
 
@@ -27,7 +27,7 @@ def run_chunks(chunks: Sequence[bytes], **kwargs: int) -> tuple[bytes, Injector]
 def parent_in_browser(document: bytes) -> str | None:
     """Tag of the snippet's parent as html5lib builds it with scripting enabled (as a browser
     that runs the snippet does: <noscript> content is raw text)."""
-    text = document.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    text = document.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace")
     tree = html5lib.parse(text, treebuilder="etree", namespaceHTMLElements=False, scripting=True)
     for parent in tree.iter():
         for child in parent:
@@ -111,6 +111,9 @@ INJECTED = [
     ),
     pytest.param(b"<!doctype html><head><title></head><body></title >", b"</head>", id="title"),
     pytest.param(
+        b"<!doctype html><head><title></titles></head></title>", b"</head>", id="title-end-boundary"
+    ),
+    pytest.param(
         b"<!doctype html><head><noscript></head><body><p>x</noscript>", b"</head>", id="noscript"
     ),
     pytest.param(b"<!doctype html><head><noframes></head></noframes>", b"</head>", id="noframes"),
@@ -155,9 +158,8 @@ INJECTED = [
         id="attribute-spacing",
     ),
     pytest.param(b"<!doctype html><head><meta content=a>", b"b</head>", id="unquoted-ends-tag"),
-    pytest.param(
-        b'<!doctype html><head><link a"b="c>', b'"></head>', id="quote-in-name-is-no-value"
-    ),
+    pytest.param(b'<!doctype html><head><link a"b>', b'</head>">', id="quote-in-name-is-no-value"),
+    pytest.param(b"<!doctype html><head><link a=b'c>", b"</head>'>", id="quote-in-unquoted-value"),
     pytest.param(b"<!doctype html><head><![CDATA[x]]>", b"</head>", id="cdata"),
     pytest.param(
         # Outside SVG/MathML "<![CDATA[" is a bogus comment: it ends at the first ">".
@@ -218,7 +220,12 @@ def test_injects_at_tokenizer_point(before: bytes, after: bytes) -> None:
     assert injector.added == len(SNIPPET)
 
 
-@pytest.mark.parametrize(("before", "after"), INJECTED)
+# html5lib 1.1 predates <template> support: it parses a head <template> as body content,
+# where browsers keep it (and its inert content) in the head. Those cases are left out here.
+PARSED_BY_HTML5LIB = [p for p in INJECTED if b"<template" not in b"".join(p.values)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("before", "after"), PARSED_BY_HTML5LIB)
 def test_injected_snippet_parses_into_head(before: bytes, after: bytes) -> None:
     assert parent_in_browser(before + SNIPPET + after) == "head"
 
@@ -416,8 +423,8 @@ def test_render_returning_other_type_raises_type_error() -> None:
 
 def test_feed_after_close_raises() -> None:
     injector = Injector(render)
-    injector.feed(b"<!doctype")
-    assert injector.close() == b"<!doctype"
+    injector.feed(b"<!doctyp")
+    assert injector.close() == b"<!doctyp"
     assert injector.reason == "fragment"
     assert injector.close() == b""
     with pytest.raises(RuntimeError):
@@ -463,6 +470,7 @@ def test_insertion_point_exactly_at_scan_limit_is_found() -> None:
 def test_body_ending_within_scan_limit_is_decided_at_close() -> None:
     out, injector = run_chunks([b"<!doctype html>", b"<head>"], max_scan_bytes=21)
     assert out == b"<!doctype html><head>" + SNIPPET
+    assert injector.injected
 
 
 def test_body_longer_than_scan_limit_is_not_treated_as_ended() -> None:
@@ -477,13 +485,14 @@ def test_zero_scan_limit_skips_everything_but_an_empty_body() -> None:
 
 
 def test_long_tag_split_into_tiny_chunks_is_scanned_once() -> None:
-    # A 200 KiB attribute value arriving 1 KiB at a time: the pending tag is resumed, not
-    # re-tokenized, so this finishes quickly (a quadratic rescan would take minutes).
-    value = b"x>" * 100_000
+    # A 64 KiB attribute value arriving 16 bytes at a time: the pending tag is resumed, not
+    # re-tokenized, so this takes milliseconds (rescanning it per chunk would take seconds).
+    value = b"x>" * 32_768
     document = b'<!doctype html><head><link title="' + value + b'"></head>'
-    chunks = [document[i : i + 1024] for i in range(0, len(document), 1024)]
+    chunks = [document[i : i + 16] for i in range(0, len(document), 16)]
     out, injector = run_chunks(chunks)
     assert out == document[:-7] + SNIPPET + b"</head>"
+    assert injector.injected
 
 
 # -- meta policies (SPEC C5) --------------------------------------------------------------------
@@ -497,7 +506,7 @@ CSP = b"default-src 'self'"
         pytest.param(
             b'<meta http-equiv="Content-Security-Policy" content="default-src \'self\'">',
             "default-src 'self'",
-            b'"default-src \'self\'"',
+            b"\"default-src 'self'\"",
             id="double-quoted",
         ),
         pytest.param(
@@ -577,7 +586,7 @@ def test_inactive_meta_is_not_collected(markup: bytes) -> None:
         seen.extend(metas)
         return Insertion(SNIPPET)
 
-    out, injector = inject(b"<!doctype html><head>" + markup + b"</head>", recording)
+    injector = inject(b"<!doctype html><head>" + markup + b"</head>", recording)[1]
     assert injector.injected and seen == []
 
 

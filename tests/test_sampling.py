@@ -17,8 +17,11 @@ from replay_middleware.sdk import SDK_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 SDK_SAMPLING_JS = (
-    ROOT / ".cache" / "npm" / f"session-replay-browser-{SDK_VERSION}" / "package"
-) / "lib" / "cjs" / "sampling.js"
+    (ROOT / ".cache" / "npm" / f"session-replay-browser-{SDK_VERSION}" / "package")
+    / "lib"
+    / "cjs"
+    / "sampling.js"
+)
 
 # PROTOCOL §3.3: produced by the real SDK 1.51.6 (lib/cjs/sampling.js) under Node 20.
 # (session id as passed, String(id), xxHash32, in@0.01, in@0.1, in@0.5)

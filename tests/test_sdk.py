@@ -197,7 +197,10 @@ def test_static_dir_prefers_the_packaged_folder(
 
 def test_cdn_url() -> None:
     assert cdn_url() == f"{CDN_BASE}/session-replay-browser-1.51.6-min.js.gz"
-    assert cdn_url("1.51.6", "http://x/libs/") == "http://x/libs/session-replay-browser-1.51.6-min.js.gz"
+    assert (
+        cdn_url("1.51.6", "http://x/libs/")
+        == "http://x/libs/session-replay-browser-1.51.6-min.js.gz"
+    )
 
 
 def test_local_file_is_found_and_verified(sdk_js: bytes) -> None:

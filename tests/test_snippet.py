@@ -77,7 +77,9 @@ def test_nonce_must_be_a_base64_value() -> None:
 
 def test_per_request_options_override_base_options_without_leaking() -> None:
     renderer = SnippetRenderer(SETTINGS)
-    first = renderer.data(ids=None, record=None, options={"serverZone": "EU", "useWebWorker": False})
+    first = renderer.data(
+        ids=None, record=None, options={"serverZone": "EU", "useWebWorker": False}
+    )
     second = renderer.data(ids=None, record=None)
     assert first["options"] == {"serverZone": "EU", "useWebWorker": False}
     assert second["options"] == {"serverZone": "US"}

@@ -101,7 +101,9 @@ def test_pushstate_into_restricted_area_shuts_down_and_leaving_restarts(
     page.wait_for_function(f"() => JSON.stringify({PROPS[6:]}) === '{{}}'", timeout=WAIT_MS)
 
 
-def test_unsampled_session_downloads_zero_sdk_bytes(live_server: Callable[[Any], str], page: Page) -> None:
+def test_unsampled_session_downloads_zero_sdk_bytes(
+    live_server: Callable[[Any], str], page: Page
+) -> None:
     base = serve(live_server, sample_rate=0.0)
     urls = record_requests(page)
     page.goto(base + "/")
