@@ -24,7 +24,7 @@ from typing import Any
 from .config import ReplayConfig
 from .cookies import dump_cookie
 from .csp import CspNeeds
-from .decision import ReplayContext, decide
+from .decision import DECISION_HEADER, ReplayContext, decide
 from .identity import IdentityCodec, IdentityResult, resolve_identity
 from .request import RequestInfo
 from .routes import RouteRules, glob_to_regex
@@ -356,7 +356,7 @@ class ReplayEngine:
         }
         headers = [_JSON, _NO_STORE, *state.cookie_headers(self)]
         if self.config.show_debug_header:
-            headers.append(("x-replay-decision", ctx.reason))
+            headers.append((DECISION_HEADER, ctx.reason))
         return HttpResponse(200, headers, json.dumps(payload).encode())
 
     def _local_track(self, request: RequestInfo, body: bytes) -> HttpResponse:
