@@ -17,6 +17,9 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from .config import ReplayConfig
 from .context import reset_current, set_current
 from .decision import ReplayContext
@@ -64,6 +67,9 @@ class ReplayMiddleware:
         self._prefix_slash = self.engine.prefix + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
         if scope["type"] != "http" or SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
@@ -80,6 +86,20 @@ class ReplayMiddleware:
             await self.app(scope, receive, _Responder(lazy, send).send)
         finally:
             reset_current(token)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """Release our resources when the app reports its shutdown complete."""
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return wrapped
+
+    async def aclose(self) -> None:
+        """Close the local store (and upstream clients); called on lifespan shutdown."""
+        await anyio.to_thread.run_sync(self.engine.close)
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -100,16 +120,20 @@ class ReplayMiddleware:
         await send({"type": "http.response.body", "body": result.body})
 
     async def _endpoint_response(self, request: RequestInfo, receive: Receive) -> HttpResponse:
-        result = self.engine.endpoint(request)
+        blocking = self.engine.endpoint_blocks(request.path)
+        result = (
+            await anyio.to_thread.run_sync(self.engine.endpoint, request)
+            if blocking
+            else self.engine.endpoint(request)
+        )
         if result == "read_body":
             body = await _read_body(receive, self.config.max_upload_bytes)
-            result = (
-                HttpResponse(
+            if body is None:
+                result = HttpResponse(
                     413, [("content-type", "text/plain")], b"Payload size exceeded the limit"
                 )
-                if body is None
-                else self.engine.endpoint(request, body)
-            )
+            else:
+                result = await anyio.to_thread.run_sync(self.engine.endpoint, request, body)
         if result == "sdk":
             try:
                 bundle = await self.sdk.get()

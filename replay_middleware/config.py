@@ -135,12 +135,17 @@ class ReplayConfig:
     sdk_source: str = "first-party"
     sdk_options: Mapping[str, Any] = field(default_factory=dict)
     # Proxy (used by the upload proxy)
+    upload_mode: str = "proxy"
     upstream_timeout: float = 8.0
     max_upload_bytes: int = 10 * 1024 * 1024
     trusted_proxies: tuple[str, ...] = ()
     forward_client_ip: str = "mask"
     config_cache_ttl: float = 60.0
     http_client: Any = None
+    # Local mode
+    local_store_dir: str = ".replay-middleware"
+    local_store_max_bytes: int = 256 * 1024 * 1024
+    inspector_allow: tuple[str, ...] = ()
     # Gates
     force_sample: Callable[[RequestInfo], bool] | None = None
     should_record: Callable[[RequestInfo], bool] | None = None
@@ -277,6 +282,14 @@ class ReplayConfig:
             raise ValueError(
                 f"ReplayConfig: upstream_timeout must be seconds in (0, 60] (got {self.upstream_timeout!r})"
             )
+        if self.upload_mode not in ("proxy", "direct"):
+            raise ValueError(
+                f"ReplayConfig: upload_mode must be one of 'proxy', 'direct' (got {self.upload_mode!r})"
+            )
+        _positive_int("local_store_max_bytes", self.local_store_max_bytes)
+        if not isinstance(self.local_store_dir, str) or not self.local_store_dir.strip():
+            raise ValueError("ReplayConfig: local_store_dir must be a directory path")
+        set_(self, "inspector_allow", tuple(str(a) for a in self.inspector_allow))
         if self.forward_client_ip not in _CLIENT_IP:
             raise ValueError(
                 f"ReplayConfig: forward_client_ip must be one of 'mask', 'full', 'drop' (got {self.forward_client_ip!r})"
@@ -374,9 +387,15 @@ _BOOL_FIELDS = {
     "inject_into_iframes",
     "csp_report_only_merge",
 }
-_INT_FIELDS = {"device_max_age", "session_timeout", "max_scan_bytes", "max_upload_bytes"}
+_INT_FIELDS = {
+    "device_max_age",
+    "session_timeout",
+    "max_scan_bytes",
+    "max_upload_bytes",
+    "local_store_max_bytes",
+}
 _FLOAT_FIELDS = {"sample_rate", "upstream_timeout", "config_cache_ttl"}
-_LIST_FIELDS = {"exclude", "include", "trusted_proxies"}
+_LIST_FIELDS = {"exclude", "include", "trusted_proxies", "inspector_allow"}
 _JSON_FIELDS = {"privacy", "sdk_options", "route_mask_levels"}
 _OPTIONAL_STR = {"api_key", "secret_key", "cookie_domain", "public_origin"}
 

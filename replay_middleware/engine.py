@@ -26,11 +26,13 @@ from .cookies import dump_cookie
 from .csp import CspNeeds
 from .decision import DECISION_HEADER, ReplayContext, decide
 from .identity import IdentityCodec, IdentityResult, resolve_identity
+from .inspector import Inspector
+from .local_store import LocalStore
 from .request import RequestInfo
+from .response import HttpResponse
 from .routes import RouteRules, glob_to_regex
 from .sdk import CDN_BASE, pin_for, static_dir
 from .snippet import SnippetRenderer, SnippetSettings
-from .store import MemoryStore
 
 __all__ = ["HttpResponse", "ReplayEngine", "RequestState"]
 
@@ -74,15 +76,6 @@ _IMMUTABLE = ("cache-control", "public, max-age=31536000, immutable")
 _JS = ("content-type", "text/javascript; charset=utf-8")
 _JSON = ("content-type", "application/json")
 _NOSNIFF = ("x-content-type-options", "nosniff")
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    """A complete response of a first-party endpoint."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -192,7 +185,17 @@ class ReplayEngine:
             for glob, level in config.route_mask_levels.items()
         )
         self._no_routes = RouteRules((), None)
-        self.store = MemoryStore() if config.local_mode else None
+        self.store: LocalStore | None = None
+        self.inspector: Inspector | None = None
+        if config.local_mode:
+            # Opens lazily: building the engine touches no file.
+            self.store = LocalStore(config.local_store_dir, max_bytes=config.local_store_max_bytes)
+            self.inspector = Inspector(self.store, prefix, allow=config.inspector_allow)
+            logger.warning(
+                "replay-middleware: local mode: uploads are kept in %s/; open %s/inspect to replay them",
+                config.local_store_dir.rstrip("/"),
+                prefix,
+            )
 
     # -- per request ------------------------------------------------------------------------
 
@@ -312,6 +315,8 @@ class ReplayEngine:
             if method != "GET":
                 return _method_not_allowed("GET")
             return self._session(request)
+        if self.inspector is not None and self.inspector.handles(request.path):
+            return self.inspector.handle(request)
         if self.store is not None:
             if path == "/track":
                 if method != "POST":
@@ -326,6 +331,18 @@ class ReplayEngine:
         return HttpResponse(
             404, [("content-type", "text/plain; charset=utf-8"), _NO_STORE], b"Not Found"
         )
+
+    def endpoint_blocks(self, path: str) -> bool:
+        """The endpoint does blocking work (SQLite, decoding): adapters run it off the loop."""
+        return self.store is not None and (
+            path == self.prefix + "/track"
+            or (self.inspector is not None and self.inspector.handles(path))
+        )
+
+    def close(self) -> None:
+        """Release what the engine opened (the local store)."""
+        if self.store is not None:
+            self.store.close()
 
     def sdk_response(self, request: RequestInfo, body: bytes, etag: str) -> HttpResponse:
         return self._static(request, body, etag, [_JS, _IMMUTABLE, _NOSNIFF])

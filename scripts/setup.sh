@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a checkout for development, tests and CI: the virtualenv, the pinned Session Replay
-# SDK bundle (SPEC P8) and Debian's chromium for the browser tests.
+# SDK bundle (SPEC P8), the pinned rrweb-player for the local inspector (SPEC L2) and Debian's
+# chromium for the browser tests.
 #
 # Idempotent and fast on a second run: each step checks what is already there (a stamp on the
 # hash of pyproject.toml, the pinned hashes of the SDK files, the chromium binary).
@@ -18,10 +19,22 @@ SDK_TARBALL_INTEGRITY="sha512-iA4KrGjjSG9h0HO5yM4UBhoJZlK0Rnk+iStTNmV3z41wu5GuPM
 # sha256 of package/lib/scripts/session-replay-browser-min.js (the IIFE bundle we serve).
 SDK_BUNDLE_SHA256="a006604a150e206796151c57e09bbb7f93dd2bddc99e3b07a24f69bb31373171"
 
+# The inspector's replay player (SPEC L2). Change these together (and
+# replay_middleware/inspector.py's PLAYER_VERSION and PLAYER_FILES).
+PLAYER_PACKAGE="rrweb-player"
+PLAYER_VERSION="2.0.0-alpha.20"
+PLAYER_TARBALL_INTEGRITY="sha512-3ZCv1ksUxuIOn3Vn/eWrwWs9Xy+4KVjISD+q26ZLfisZ3hZ0CPgYG3iC22pmmycIeMS2svOfvf7gPh7jExwpUA=="
+# sha256 of package/dist/rrweb-player.umd.min.cjs and package/dist/style.min.css.
+PLAYER_JS_SHA256="cd435a95dada57d789d098222b33f141a97e1924d239d8be9d650f9173f98279"
+PLAYER_CSS_SHA256="ce5e96298e20e7262e317ef8d51aacd8e75cd14cfa66aaff43ceecbb7a3e132a"
+
 NPM_CACHE_DIR="$ROOT/.cache/npm"
 SDK_TARBALL="$NPM_CACHE_DIR/amplitude-session-replay-browser-$SDK_VERSION.tgz"
 SDK_UNPACKED="$NPM_CACHE_DIR/session-replay-browser-$SDK_VERSION"
 SDK_VENDORED="$ROOT/static/vendor/session-replay-browser-$SDK_VERSION-min.js"
+PLAYER_TARBALL="$NPM_CACHE_DIR/rrweb-player-$PLAYER_VERSION.tgz"
+PLAYER_JS="$ROOT/static/vendor/rrweb-player-$PLAYER_VERSION.min.js"
+PLAYER_CSS="$ROOT/static/vendor/rrweb-player-$PLAYER_VERSION.min.css"
 VENV="$ROOT/.venv"
 VENV_STAMP="$VENV/.replay-middleware-setup"
 
@@ -64,6 +77,17 @@ else
 fi
 
 # --- (b) the SDK bundle from npm, verified ---------------------------------------------------
+need_npm() {
+    command -v npm >/dev/null 2>&1 && return 0
+    if is_root; then
+        say "npm missing: installing Debian's nodejs and npm"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    else
+        die "npm is required to fetch the SDK and rrweb-player; run: sudo apt-get install nodejs npm"
+    fi
+}
+
 # sha512 in npm's SRI form ("sha512-<base64>") and hex sha256 of a file.
 sri_sha512() { "$PY" - "$1" <<'EOF'
 import base64, hashlib, sys
@@ -79,15 +103,7 @@ if [ -f "$SDK_VENDORED" ] && [ "$(hex_sha256 "$SDK_VENDORED")" = "$SDK_BUNDLE_SH
 else
     mkdir -p "$NPM_CACHE_DIR"
     if [ ! -f "$SDK_TARBALL" ] || [ "$(sri_sha512 "$SDK_TARBALL")" != "$SDK_TARBALL_INTEGRITY" ]; then
-        command -v npm >/dev/null 2>&1 || {
-            if is_root; then
-                say "npm missing: installing Debian's nodejs and npm"
-                apt-get update -qq
-                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
-            else
-                die "npm is required to fetch the SDK; run: sudo apt-get install nodejs npm"
-            fi
-        }
+        need_npm
         say "fetching $SDK_PACKAGE@$SDK_VERSION with npm pack"
         rm -f "$SDK_TARBALL"
         (cd "$NPM_CACHE_DIR" && npm_config_update_notifier=false npm pack --silent \
@@ -112,6 +128,41 @@ else
     cp "$bundle" "$SDK_VENDORED.tmp"
     mv "$SDK_VENDORED.tmp" "$SDK_VENDORED"
     say "vendored ${SDK_VENDORED#"$ROOT"/}"
+fi
+
+# --- (b2) rrweb-player for the local inspector, verified --------------------------------------
+if [ -f "$PLAYER_JS" ] && [ "$(hex_sha256 "$PLAYER_JS")" = "$PLAYER_JS_SHA256" ] \
+    && [ -f "$PLAYER_CSS" ] && [ "$(hex_sha256 "$PLAYER_CSS")" = "$PLAYER_CSS_SHA256" ]; then
+    say "rrweb-player $PLAYER_VERSION already vendored"
+else
+    mkdir -p "$NPM_CACHE_DIR"
+    if [ ! -f "$PLAYER_TARBALL" ] || [ "$(sri_sha512 "$PLAYER_TARBALL")" != "$PLAYER_TARBALL_INTEGRITY" ]; then
+        need_npm
+        say "fetching $PLAYER_PACKAGE@$PLAYER_VERSION with npm pack"
+        rm -f "$PLAYER_TARBALL"
+        (cd "$NPM_CACHE_DIR" && npm_config_update_notifier=false npm pack --silent \
+            "$PLAYER_PACKAGE@$PLAYER_VERSION" >/dev/null)
+        [ -f "$PLAYER_TARBALL" ] || die "npm pack did not produce $PLAYER_TARBALL"
+        actual="$(sri_sha512 "$PLAYER_TARBALL")"
+        if [ "$actual" != "$PLAYER_TARBALL_INTEGRITY" ]; then
+            rm -f "$PLAYER_TARBALL"
+            die "integrity mismatch for $PLAYER_PACKAGE@$PLAYER_VERSION: got $actual"
+        fi
+    fi
+    ptmp="$(mktemp -d "$NPM_CACHE_DIR/unpack.XXXXXX")"
+    trap 'rm -rf "${tmp:-}" "$ptmp"' EXIT
+    tar -xzf "$PLAYER_TARBALL" -C "$ptmp" package/dist/rrweb-player.umd.min.cjs \
+        package/dist/style.min.css
+    [ "$(hex_sha256 "$ptmp/package/dist/rrweb-player.umd.min.cjs")" = "$PLAYER_JS_SHA256" ] \
+        || { rm -rf "$ptmp"; die "sha256 mismatch for rrweb-player.umd.min.cjs (expected $PLAYER_JS_SHA256)"; }
+    [ "$(hex_sha256 "$ptmp/package/dist/style.min.css")" = "$PLAYER_CSS_SHA256" ] \
+        || { rm -rf "$ptmp"; die "sha256 mismatch for style.min.css (expected $PLAYER_CSS_SHA256)"; }
+    cp "$ptmp/package/dist/rrweb-player.umd.min.cjs" "$PLAYER_JS.tmp"
+    cp "$ptmp/package/dist/style.min.css" "$PLAYER_CSS.tmp"
+    mv "$PLAYER_JS.tmp" "$PLAYER_JS"
+    mv "$PLAYER_CSS.tmp" "$PLAYER_CSS"
+    rm -rf "$ptmp"
+    say "vendored ${PLAYER_JS#"$ROOT"/} and ${PLAYER_CSS#"$ROOT"/}"
 fi
 
 # --- (c) Debian's chromium for the browser tests (Playwright drives it; no `playwright install`)

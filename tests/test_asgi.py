@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -341,28 +342,33 @@ async def test_session_endpoint_returns_ids_and_sets_cookie() -> None:
         assert (again["deviceId"], again["sessionId"]) == (data["deviceId"], data["sessionId"])
 
 
-async def test_local_mode_config_and_track_endpoints() -> None:
-    mw = ReplayMiddleware(responder(), config=ReplayConfig(sample_rate=1, max_upload_bytes=1000))
+async def test_local_mode_config_and_track_endpoints(tmp_path: Path) -> None:
+    config = ReplayConfig(sample_rate=1, max_upload_bytes=1000, local_store_dir=str(tmp_path))
+    mw = ReplayMiddleware(responder(), config=config)
+    events = [json.dumps({"type": 4, "timestamp": 1735689600000, "data": {"href": "http://t/"}})]
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+        transport=httpx.ASGITransport(app=mw), base_url="http://127.0.0.1"
     ) as client:
         r = await client.get("/_replay/config/local?config_group=browser")
         assert r.json() == {"configs": {"sessionReplay": {}}}
         ok = await client.post(
-            "/_replay/track?device_id=d&session_id=1&type=replay",
-            content=b'{"version":1,"events":[]}',
-            headers={"cookie": "secret=1"},
+            "/_replay/track?device_id=d&session_id=1735689600000&type=replay",
+            content=json.dumps({"version": 1, "events": events}).encode(),
+            headers={"cookie": "secret=1", "authorization": "Bearer local"},
         )
         assert ok.status_code == 200
         big = await client.post("/_replay/track", content=b"x" * 2000)
         assert big.status_code == 413 and re.search(r"payload.*exceed", big.text, re.I)
+        listing = await client.get("/_replay/inspect")
+        assert listing.status_code == 200 and b"1735689600000" in listing.content
     assert mw.engine.store is not None
-    [upload] = mw.engine.store.uploads()
-    assert upload.query_string == "device_id=d&session_id=1&type=replay"
-    assert "cookie" not in upload.headers
+    [upload] = mw.engine.store.uploads("d", "1735689600000")
+    assert "cookie" not in upload.headers and "authorization" not in upload.headers
+    assert [e["type"] for e in mw.engine.store.events("d", "1735689600000")] == [4]
+    await mw.aclose()
 
 
-async def test_example_app_through_asgi_transport() -> None:
+async def test_example_app_through_asgi_transport(tmp_path: Path) -> None:
     from examples.fastapi_app.app import create_app
 
     app = create_app(ReplayConfig(sample_rate=1, exclude=("/account/billing",)))
@@ -438,3 +444,32 @@ async def test_endpoint_failure_answers_503_not_500(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("replay_middleware.engine.ReplayEngine._session", broken)
     sent = await run(responder(), scope("/_replay/session"))
     assert sent[0]["status"] == 503
+
+
+async def test_lifespan_shutdown_releases_our_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[bool] = []
+    monkeypatch.setattr(
+        "replay_middleware.engine.ReplayEngine.close", lambda self: closed.append(True)
+    )
+
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return inbox.pop(0)
+
+    async def send(m: Message) -> None:
+        sent.append(m)
+
+    await ReplayMiddleware(app, config=ReplayConfig())({"type": "lifespan"}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert closed == [True]

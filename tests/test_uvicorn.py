@@ -17,12 +17,18 @@ from replay_middleware import ReplayConfig
 
 
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    app = create_app(ReplayConfig(sample_rate=1, exclude=("/account/billing",)))
+    app = create_app(
+        ReplayConfig(
+            sample_rate=1,
+            exclude=("/account/billing",),
+            local_store_dir=str(tmp_path_factory.mktemp("store")),
+        )
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

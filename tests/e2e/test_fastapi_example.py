@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,19 @@ WAIT_MS = 10_000
 PROPS = "() => window.replayMiddleware && window.replayMiddleware.getSessionReplayProperties()"
 
 
-def serve(live_server: Callable[[Any], str], **overrides: Any) -> str:
-    config = ReplayConfig(**{"sample_rate": 1.0, "exclude": ("/account/billing",), **overrides})
-    return live_server(create_app(config))
+@pytest.fixture
+def serve(live_server: Callable[[Any], str], tmp_path: Path) -> Callable[..., str]:
+    """``serve(**config_overrides) -> base_url``: the example in local mode, store in tmp_path."""
+
+    def start(**overrides: Any) -> str:
+        defaults = {
+            "sample_rate": 1.0,
+            "exclude": ("/account/billing",),
+            "local_store_dir": str(tmp_path),
+        }
+        return live_server(create_app(ReplayConfig(**{**defaults, **overrides})))
+
+    return start
 
 
 def record_requests(page: Page) -> list[str]:
@@ -48,9 +59,9 @@ def session_cookie(context: BrowserContext) -> tuple[str, int]:
 
 
 def test_sdk_loads_first_party_with_the_cookie_session(
-    live_server: Callable[[Any], str], page: Page, context: BrowserContext
+    serve: Callable[..., str], page: Page, context: BrowserContext
 ) -> None:
-    base = serve(live_server)
+    base = serve()
     urls = record_requests(page)
     page.goto(base + "/")
     props = wait_recording(page)
@@ -63,12 +74,12 @@ def test_sdk_loads_first_party_with_the_cookie_session(
 
 @pytest.mark.parametrize("path", ["/csp/strict", "/csp/inline"])
 def test_csp_pages_run_with_zero_violations(
-    live_server: Callable[[Any], str],
+    serve: Callable[..., str],
     page: Page,
     csp_violations: Callable[[Page], list[dict[str, Any]]],
     path: str,
 ) -> None:
-    base = serve(live_server)
+    base = serve()
     page.goto(base + path)
     wait_recording(page)
     assert page.text_content("#app-script") == "app script ran"
@@ -76,8 +87,8 @@ def test_csp_pages_run_with_zero_violations(
     assert csp_violations(page) == []
 
 
-def test_restricted_page_loads_no_sdk(live_server: Callable[[Any], str], page: Page) -> None:
-    base = serve(live_server)
+def test_restricted_page_loads_no_sdk(serve: Callable[..., str], page: Page) -> None:
+    base = serve()
     urls = record_requests(page)
     page.goto(base + "/account/billing")
     page.wait_for_load_state("networkidle")
@@ -87,9 +98,9 @@ def test_restricted_page_loads_no_sdk(live_server: Callable[[Any], str], page: P
 
 
 def test_pushstate_into_restricted_area_shuts_down_and_leaving_restarts(
-    live_server: Callable[[Any], str], page: Page
+    serve: Callable[..., str], page: Page
 ) -> None:
-    base = serve(live_server)
+    base = serve()
     page.goto(base + "/spa")
     first = wait_recording(page)
     page.click("text=Billing (client-side)")
@@ -101,10 +112,8 @@ def test_pushstate_into_restricted_area_shuts_down_and_leaving_restarts(
     page.wait_for_function(f"() => JSON.stringify({PROPS[6:]}) === '{{}}'", timeout=WAIT_MS)
 
 
-def test_unsampled_session_downloads_zero_sdk_bytes(
-    live_server: Callable[[Any], str], page: Page
-) -> None:
-    base = serve(live_server, sample_rate=0.0)
+def test_unsampled_session_downloads_zero_sdk_bytes(serve: Callable[..., str], page: Page) -> None:
+    base = serve(sample_rate=0.0)
     urls = record_requests(page)
     page.goto(base + "/")
     page.wait_for_load_state("networkidle")

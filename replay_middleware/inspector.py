@@ -1,0 +1,403 @@
+"""The local-mode inspector: recorded sessions listed and replayed in the browser (SPEC L2).
+
+Sans-IO apart from reading its own static files and the ``LocalStore``: ``Inspector.handle``
+takes a ``RequestInfo`` and returns an ``HttpResponse``; the adapters route every request under
+``{prefix}/inspect`` to it.
+
+Pages (GET or HEAD):
+
+- ``{prefix}/inspect``: the sessions, newest first (device, start, pages, events, bytes);
+- ``{prefix}/inspect/<device>/<session>``: rrweb's player replaying the session, its pages and
+  uploads (decode errors included);
+- ``{prefix}/inspect/<device>/<session>/events.json``: the decoded rrweb events, pretty JSON
+  (``interactions.json``: the interaction events);
+- ``{prefix}/inspect/static/<file>``: ``inspector.js``, ``inspector.css`` and the vendored
+  ``rrweb-player`` files (``scripts/setup.sh`` fetches them; without them the session page says
+  "run make setup" and the rest works).
+
+Who may look: recordings are the visitors' data, so only loopback clients (127.0.0.0/8, ::1)
+get an answer, and only when the ``Host`` is a loopback name or address (a DNS-rebinding page
+on another site would carry its own host name). Any forwarding header (``Forwarded``,
+``X-Forwarded-For``, ``X-Real-IP``) must name loopback or allowed addresses too, so an app
+behind a reverse proxy on the same machine does not expose the inspector. ``allow`` adds
+addresses or networks ("192.168.1.20", "10.0.0.0/8"); clients in it skip the ``Host`` check.
+Everyone else gets the same 404 as any unknown path under the prefix.
+
+Every value in a page comes from uploads and is hostile: the templates are rendered by Jinja2
+with autoescaping, URLs are percent-encoded path segments, and the pages carry their own strict
+CSP (no inline script; ``'unsafe-inline'`` styles only, which the player's layout and the
+replayed page's own ``<style>`` elements need), ``X-Frame-Options: DENY`` and ``no-store``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+import jinja2
+
+from .local_store import LocalStore, SessionSummary, UploadRecord
+from .request import RequestInfo
+from .response import HttpResponse
+from .sdk import static_dir
+
+__all__ = ["INSPECTOR_CSP", "PLAYER_FILES", "PLAYER_VERSION", "Inspector", "PlayerFile"]
+
+#: The ``rrweb-player`` release vendored by ``scripts/setup.sh`` (keep the two in step). The
+#: 2.x line replays what the SDK's ``@amplitude/rrweb-record`` 2.1.5 records.
+PLAYER_VERSION: Final = "2.0.0-alpha.20"
+
+
+@dataclass(frozen=True)
+class PlayerFile:
+    """A vendored player file: its name under ``static/`` and the sha256 it must have."""
+
+    name: str
+    sha256: str
+    content_type: str
+
+
+#: The player's UMD bundle and stylesheet, byte-identical to the npm tarball's
+#: ``dist/rrweb-player.umd.min.cjs`` and ``dist/style.min.css``; served only if they match.
+PLAYER_FILES: Final = (
+    PlayerFile(
+        f"vendor/rrweb-player-{PLAYER_VERSION}.min.js",
+        "cd435a95dada57d789d098222b33f141a97e1924d239d8be9d650f9173f98279",
+        "text/javascript; charset=utf-8",
+    ),
+    PlayerFile(
+        f"vendor/rrweb-player-{PLAYER_VERSION}.min.css",
+        "ce5e96298e20e7262e317ef8d51aacd8e75cd14cfa66aaff43ceecbb7a3e132a",
+        "text/css; charset=utf-8",
+    ),
+)
+_OWN_FILES: Final = {
+    "inspector.js": "text/javascript; charset=utf-8",
+    "inspector.css": "text/css; charset=utf-8",
+}
+
+#: The pages' policy, checked in chromium against a real recording (tests/e2e/test_inspector.py).
+#: rrweb's player rebuilds the recording in an ``about:blank`` iframe (``sandbox=
+#: "allow-same-origin"``: no scripts) that inherits this policy and needs no ``frame-src``.
+#: Without ``'unsafe-inline'`` styles the recorded page's ``<style>`` elements and the player's
+#: ``style=""`` attributes are blocked; without ``data:`` images the player's cursor is. Images,
+#: fonts and media of the recording load from this origin (in local mode, the recorded app's);
+#: other origins' are not loaded.
+INSPECTOR_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; media-src 'self' data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_JSON_CSP: Final = "default-src 'none'; frame-ancestors 'none'; sandbox"
+
+_COMMON: Final = (
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("x-robots-tag", "noindex, nofollow"),
+)
+_HTML_HEADERS: Final = (
+    ("content-type", "text/html; charset=utf-8"),
+    *_COMMON,
+    ("content-security-policy", INSPECTOR_CSP),
+    ("x-frame-options", "DENY"),
+    ("cross-origin-opener-policy", "same-origin"),
+)
+_JSON_HEADERS: Final = (
+    ("content-type", "application/json; charset=utf-8"),
+    *_COMMON,
+    ("content-security-policy", _JSON_CSP),
+)
+# Deliberately the engine's answer for an unknown path under the prefix: a client that may not
+# use the inspector cannot tell that it exists.
+_NOT_FOUND: Final = HttpResponse(
+    404,
+    [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")],
+    b"Not Found",
+)
+_LIST_LIMIT: Final = 500
+_FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip")
+_FORWARDED_FOR = re.compile(r'for="?\[?([^\]";,]+)', re.IGNORECASE)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Inspector:
+    """Serves ``{prefix}/inspect/...`` from a ``LocalStore``; immutable after ``__init__``.
+
+    ``allow``: addresses or networks (anything ``ipaddress.ip_network`` reads) that may use
+    the inspector besides loopback clients; ``ValueError`` for an entry that is neither.
+    ``static_root``: where ``inspector.js`` and ``vendor/`` are (default: ``static_dir()``).
+    """
+
+    def __init__(
+        self,
+        store: LocalStore,
+        prefix: str,
+        *,
+        allow: Sequence[str] = (),
+        static_root: Path | None = None,
+    ) -> None:
+        if isinstance(allow, str):
+            raise ValueError("allow must be a sequence of addresses, not a string")
+        networks: list[Network] = []
+        for entry in allow:
+            try:
+                networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"inspector allow entry {entry!r} is not an IP address or network"
+                ) from None
+        self.store = store
+        self.prefix = prefix.rstrip("/")
+        self.base = f"{self.prefix}/inspect"
+        self.allow: tuple[Network, ...] = tuple(networks)
+        self.static_root = static_root if static_root is not None else static_dir()
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("replay_middleware", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        env.filters["size"] = _size
+        env.filters["utc"] = _utc
+        self._list = env.get_template("inspect_list.html")
+        self._session = env.get_template("inspect_session.html")
+        self._missing = env.get_template("inspect_missing.html")
+        # name under static/ -> (content type, pinned sha256 or None for our own files)
+        self._statics: dict[str, tuple[str, str | None]] = {
+            **{name: (ctype, None) for name, ctype in _OWN_FILES.items()},
+            **{f.name: (f.content_type, f.sha256) for f in PLAYER_FILES},
+        }
+
+    # -- access ---------------------------------------------------------------------------------
+
+    def is_allowed(self, request: RequestInfo) -> bool:
+        """Loopback or allow-listed client, loopback ``Host`` unless allow-listed, and every
+        forwarded address loopback or allow-listed."""
+        client = _address(request.client)
+        if client is None:
+            return False
+        allowed = self._in_allow(client)
+        if not (allowed or client.is_loopback):
+            return False
+        for name in _FORWARDING_HEADERS:
+            value = request.headers.get(name)
+            if value is None:
+                continue
+            for forwarded in _forwarded_addresses(name, value):
+                if forwarded is None or not (forwarded.is_loopback or self._in_allow(forwarded)):
+                    return False
+        return allowed or _loopback_host(request.headers.get("host", ""))
+
+    def _in_allow(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in network for network in self.allow)
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def handles(self, path: str) -> bool:
+        """Whether ``path`` is the inspector's (``{prefix}/inspect`` or below)."""
+        return path == self.base or path.startswith(self.base + "/")
+
+    def handle(self, request: RequestInfo) -> HttpResponse:
+        """Answer a request for a path under ``{prefix}/inspect``; 404 for anyone not allowed."""
+        if not self.handles(request.path) or not self.is_allowed(request):
+            return _NOT_FOUND
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(
+                405,
+                [("allow", "GET, HEAD"), ("content-type", "text/plain; charset=utf-8"), *_COMMON],
+                b"Method Not Allowed",
+            )
+        response = self._route(request.path[len(self.base) :])
+        if request.method == "HEAD":
+            return HttpResponse(response.status, response.headers, b"")
+        return response
+
+    def _route(self, rest: str) -> HttpResponse:
+        if rest in ("", "/"):
+            return self._html(200, self._list_page())
+        if rest.startswith("/static/"):
+            return self._static(rest[len("/static/") :])
+        rest = rest[1:].rstrip("/")
+        view = "page"
+        for suffix in ("events.json", "interactions.json"):
+            if rest.endswith("/" + suffix):
+                rest, view = rest[: -len(suffix) - 1], suffix
+        # The session id is the last segment, the device id all before it: the SDK's session
+        # ids are numbers, a device id may be any string (even one holding a "/").
+        device_id, sep, session_id = rest.rpartition("/")
+        if not sep or not device_id or not session_id:
+            return _NOT_FOUND
+        summary = self.store.session(device_id, session_id)
+        if summary is None:
+            return self._html(404, self._missing.render(base=self.base))
+        if view == "events.json":
+            return self._json(self.store.events(device_id, session_id))
+        if view == "interactions.json":
+            return self._json(self.store.interactions(device_id, session_id))
+        return self._html(200, self._session_page(summary))
+
+    # -- pages ----------------------------------------------------------------------------------
+
+    def _list_page(self) -> str:
+        sessions = self.store.sessions(_LIST_LIMIT)
+        return self._list.render(
+            base=self.base,
+            sessions=[self._session_view(s) for s in sessions],
+            limit=_LIST_LIMIT,
+            used_bytes=self.store.used_bytes(),
+            max_bytes=self.store.max_bytes,
+            store_file=str(self.store.file),
+        )
+
+    def _session_view(self, s: SessionSummary) -> dict[str, Any]:
+        url = f"{self.base}/{_segment(s.device_id)}/{_segment(s.session_id)}"
+        duration = None if s.last_event_ms is None else max(0, s.last_event_ms - s.start_ms)
+        return {"s": s, "url": url, "duration": _duration(duration)}
+
+    def _session_page(self, s: SessionSummary) -> str:
+        view = self._session_view(s)
+        player = self._player_status()
+        uploads = self.store.uploads(s.device_id, s.session_id)
+        return self._session.render(
+            base=self.base,
+            view=view,
+            s=s,
+            uploads=[_upload_view(u) for u in uploads],
+            events_url=view["url"] + "/events.json",
+            interactions_url=view["url"] + "/interactions.json",
+            player_error=player,
+            player_js=f"{self.base}/static/{PLAYER_FILES[0].name}",
+            player_css=f"{self.base}/static/{PLAYER_FILES[1].name}",
+        )
+
+    def _player_status(self) -> str | None:
+        """None when the vendored player files are present and intact, else the problem."""
+        for file in PLAYER_FILES:
+            path = self.static_root / file.name
+            if not path.is_file():
+                return f"The replay player (rrweb-player {PLAYER_VERSION}) is not installed"
+            if hashlib.sha256(path.read_bytes()).hexdigest() != file.sha256:
+                return f"{file.name} does not match its pinned sha256"
+        return None
+
+    def _static(self, name: str) -> HttpResponse:
+        entry = self._statics.get(name)
+        if entry is None:
+            return _NOT_FOUND
+        content_type, sha256 = entry
+        try:
+            body = (self.static_root / name).read_bytes()
+        except OSError:
+            return _NOT_FOUND
+        if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
+            return _NOT_FOUND  # a tampered or half-written player file is never served
+        headers = [("content-type", content_type), ("content-length", str(len(body))), *_COMMON]
+        return HttpResponse(200, headers, body)
+
+    @staticmethod
+    def _html(status: int, text: str) -> HttpResponse:
+        body = text.encode("utf-8")
+        return HttpResponse(status, [*_HTML_HEADERS, ("content-length", str(len(body)))], body)
+
+    @staticmethod
+    def _json(value: Any) -> HttpResponse:
+        body = json.dumps(value, indent=2, ensure_ascii=False).encode("utf-8", "replace")
+        return HttpResponse(200, [*_JSON_HEADERS, ("content-length", str(len(body)))], body)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _address(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not value:
+        return None
+    text = value.strip()
+    if text.startswith("[") and "]" in text:  # "[::1]" or "[::1]:port"
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # "127.0.0.1:port"
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _forwarded_addresses(
+    name: str, value: str
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address | None]:
+    """The addresses a forwarding header names (None for an unreadable one, e.g. "unknown")."""
+    if name == "forwarded":  # RFC 7239: for=192.0.2.60;proto=http, for="[2001:db8::1]:80"
+        found = _FORWARDED_FOR.findall(value)
+        return [_address(v) for v in found] or [None]
+    return [_address(part) for part in value.split(",")]
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine: localhost, *.localhost (RFC 6761 §6.3),
+    or a loopback address, with or without a port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = _address(name)
+    return address is not None and address.is_loopback
+
+
+def _segment(value: str) -> str:
+    """A path segment for a URL: every reserved character percent-encoded."""
+    return quote(value, safe="")
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover - the loop always returns
+
+
+def _utc(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms // 1000
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _upload_view(u: UploadRecord) -> dict[str, Any]:
+    return {"u": u, "encoding": "gzip" if u.compressed else "plain"}

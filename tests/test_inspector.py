@@ -1,0 +1,481 @@
+"""inspector.py: the local-mode inspector pages, who may see them, and their hygiene (SPEC L2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import html5lib
+import pytest
+
+from replay_middleware.engine import HttpResponse
+from replay_middleware.inspector import INSPECTOR_CSP, PLAYER_FILES, PLAYER_VERSION, Inspector
+from replay_middleware.local_store import LocalStore
+from replay_middleware.request import RequestInfo
+from replay_middleware.sdk import static_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+STATIC = ROOT / "static"
+PREFIX = "/_replay"
+BASE = PREFIX + "/inspect"
+DEVICE = "3f1c2b9e-device"
+SESSION = "1735689600000"
+T0 = 1735689600000
+HOSTILE_URL = "https://shop.test/?q=</script><script>alert(1)</script>\"'&x=<b>"
+HOSTILE_DEVICE = 'dev"<img src=x onerror=alert(1)>/../x'
+NS = "{http://www.w3.org/1999/xhtml}"
+
+
+def events(href: str = "https://shop.test/a") -> list[dict[str, Any]]:
+    return [
+        {"type": 4, "timestamp": T0, "data": {"href": href, "width": 1280, "height": 720}},
+        {"type": 2, "timestamp": T0 + 1, "data": {"node": {"type": 0, "childNodes": []}}},
+        {"type": 3, "timestamp": T0 + 5000, "data": {"source": 2, "type": 2, "id": 1}},
+    ]
+
+
+def upload(
+    store: LocalStore,
+    *,
+    device: str = DEVICE,
+    session: str = SESSION,
+    href: str = "https://shop.test/a",
+    kind: str = "replay",
+    body: bytes | None = None,
+) -> None:
+    if body is None:
+        body = json.dumps({"version": 1, "events": [json.dumps(e) for e in events(href)]}).encode()
+    query = f"device_id={_q(device)}&session_id={_q(session)}&type={kind}"
+    store.add(query, {"x-client-url": href}, body, T0 + 10)
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def get(
+    inspector: Inspector,
+    path: str,
+    *,
+    client: str | None = "127.0.0.1",
+    host: str = "127.0.0.1:8000",
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+) -> HttpResponse:
+    pairs = [("host", host), *(headers or [])]
+    return inspector.handle(RequestInfo.from_pairs(method, path, pairs, client=client))
+
+
+def header(response: HttpResponse, name: str) -> str | None:
+    values = [v for k, v in response.headers if k.lower() == name]
+    assert len(values) <= 1, values
+    return values[0] if values else None
+
+
+def parse(response: HttpResponse) -> ET.Element:
+    document: ET.Element = html5lib.parse(response.body.decode("utf-8"))
+    return document
+
+
+@pytest.fixture
+def vendored_player() -> Path:
+    """The real player files, as scripts/setup.sh vendored them."""
+    for file in PLAYER_FILES:
+        if not (STATIC / file.name).is_file():
+            pytest.fail(f"{STATIC / file.name} is missing: run `make setup`", pytrace=False)
+    return STATIC
+
+
+@pytest.fixture
+def static_root(tmp_path: Path, vendored_player: Path) -> Path:
+    root = tmp_path / "static"
+    (root / "vendor").mkdir(parents=True)
+    for name in ("inspector.js", "inspector.css", *(f.name for f in PLAYER_FILES)):
+        shutil.copyfile(vendored_player / name, root / name)
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    with LocalStore(tmp_path / "store") as s:
+        yield s
+
+
+@pytest.fixture
+def inspector(store: LocalStore, static_root: Path) -> Inspector:
+    return Inspector(store, PREFIX, static_root=static_root)
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+def test_list_page_shows_the_sessions(store: LocalStore, inspector: Inspector) -> None:
+    upload(store)
+    upload(store, session="1735689700000")
+
+    response = get(inspector, BASE)
+
+    assert response.status == 200
+    rows = parse(response).findall(f".//{NS}table/{NS}tbody/{NS}tr")
+    assert len(rows) == 2
+    cells = [(c.text or "") for c in rows[1].findall(f"{NS}td")]
+    assert cells[0] == DEVICE
+    link = rows[1].find(f".//{NS}a")
+    assert link is not None and link.get("href") == f"{BASE}/{DEVICE}/{SESSION}"
+    assert link.text == SESSION
+    assert "https://shop.test/a" in ET.tostring(rows[1], encoding="unicode")
+    assert b"2025-01-01 00:00:00 UTC" in response.body
+
+
+def test_list_page_with_a_trailing_slash(store: LocalStore, inspector: Inspector) -> None:
+    assert get(inspector, BASE + "/").status == 200
+
+
+def test_empty_list_says_how_to_record(inspector: Inspector) -> None:
+    response = get(inspector, BASE)
+
+    assert response.status == 200
+    assert b"No sessions recorded yet" in response.body
+
+
+def test_pages_carry_their_own_security_headers(store: LocalStore, inspector: Inspector) -> None:
+    upload(store)
+
+    for path in (BASE, f"{BASE}/{DEVICE}/{SESSION}", f"{BASE}/{DEVICE}/404"):
+        response = get(inspector, path)
+        assert header(response, "content-type") == "text/html; charset=utf-8"
+        assert header(response, "cache-control") == "no-store"
+        assert header(response, "content-security-policy") == INSPECTOR_CSP
+        assert header(response, "x-frame-options") == "DENY"
+        assert header(response, "x-content-type-options") == "nosniff"
+        assert header(response, "referrer-policy") == "no-referrer"
+        assert header(response, "content-length") == str(len(response.body))
+
+
+def test_csp_allows_no_inline_script_and_no_framing() -> None:
+    directives = dict(d.strip().split(" ", 1) for d in INSPECTOR_CSP.split(";"))
+
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == "'self'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert "unsafe-eval" not in INSPECTOR_CSP
+
+
+def test_session_page_holds_the_player_and_no_inline_script(
+    store: LocalStore, inspector: Inspector
+) -> None:
+    upload(store)
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
+
+    assert response.status == 200
+    document = parse(response)
+    scripts = document.findall(f".//{NS}script")
+    # Both deferred: they run in document order, the player first.
+    assert [(s.get("src"), s.get("defer")) for s in scripts] == [
+        (f"{BASE}/static/vendor/rrweb-player-{PLAYER_VERSION}.min.js", ""),
+        (f"{BASE}/static/inspector.js", ""),
+    ]
+    assert all(not (s.text or "").strip() for s in scripts)
+    styles = [e.get("href") for e in document.findall(f".//{NS}link[@rel='stylesheet']")]
+    assert f"{BASE}/static/vendor/rrweb-player-{PLAYER_VERSION}.min.css" in styles
+    player = document.find(f".//{NS}div[@id='player']")
+    assert player is not None
+    assert player.get("data-events-url") == f"{BASE}/{DEVICE}/{SESSION}/events.json"
+    assert b"3 rrweb events" in response.body
+    assert b"run <code>make setup</code>" not in response.body
+
+
+def test_session_page_lists_pages_and_upload_errors(
+    store: LocalStore, inspector: Inspector
+) -> None:
+    upload(store)
+    upload(store, body=b"\x1f\x8bbroken")
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
+
+    assert b"invalid gzip data" in response.body
+    assert b"1 could not be stored or decoded" in response.body
+    pages = parse(response).findall(f".//{NS}ol/{NS}li")
+    assert [p.text for p in pages] == ["https://shop.test/a"]
+
+
+def test_hostile_values_are_escaped(store: LocalStore, inspector: Inspector) -> None:
+    upload(store, device=HOSTILE_DEVICE, href=HOSTILE_URL)
+    session_path = f"{BASE}/{_q(HOSTILE_DEVICE)}/{SESSION}"
+
+    for response in (get(inspector, BASE), get(inspector, f"{BASE}/{HOSTILE_DEVICE}/{SESSION}")):
+        assert response.status == 200
+        text = response.body.decode()
+        assert "<script>alert(1)" not in text
+        assert "<img src=x" not in text
+        assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;" in text
+        document = parse(response)
+        # Exactly the scripts the template has: the hostile values made none.
+        assert all(
+            s.get("src", "").startswith(BASE + "/static/") for s in document.iter(f"{NS}script")
+        )
+        assert document.find(f".//{NS}img") is None
+    listing = parse(get(inspector, BASE))
+    link = listing.find(f".//{NS}tbody//{NS}a")
+    assert link is not None and link.get("href") == session_path
+    urls = [e.text for e in listing.iter() if e.get("class") == "url"]
+    assert urls == [HOSTILE_URL]
+
+
+def test_device_id_with_a_slash_resolves(store: LocalStore, inspector: Inspector) -> None:
+    upload(store, device="a/b")
+
+    # The adapters hand over the decoded path: %2F is "/" again.
+    assert get(inspector, f"{BASE}/a/b/{SESSION}").status == 200
+    assert get(inspector, f"{BASE}/a/b/{SESSION}/events.json").status == 200
+
+
+def test_events_json_is_the_decoded_events_pretty(store: LocalStore, inspector: Inspector) -> None:
+    upload(store, href=HOSTILE_URL)
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}/events.json")
+
+    assert response.status == 200
+    assert header(response, "content-type") == "application/json; charset=utf-8"
+    assert header(response, "cache-control") == "no-store"
+    assert header(response, "x-content-type-options") == "nosniff"
+    assert json.loads(response.body) == events(HOSTILE_URL)
+    assert response.body.startswith(b'[\n  {\n    "type": 4')
+
+
+def test_interactions_json(store: LocalStore, inspector: Inspector) -> None:
+    click = {"type": "click", "x": 1, "y": 2, "timestamp": T0 + 3, "pageUrl": "https://a.test/"}
+    upload(store, kind="interaction", body=json.dumps({"version": 1, "events": [click]}).encode())
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}/interactions.json")
+
+    assert json.loads(response.body) == [click]
+
+
+def test_unknown_session_is_a_404_page(inspector: Inspector) -> None:
+    response = get(inspector, f"{BASE}/{DEVICE}/999")
+
+    assert response.status == 404
+    assert b"Session not found" in response.body
+    assert get(inspector, f"{BASE}/{DEVICE}/999/events.json").status == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(f"{BASE}/only-one-segment", id="one-segment"),
+        pytest.param(f"{BASE}//{SESSION}", id="empty-device"),
+        pytest.param(f"{BASE}/static/../../pyproject.toml", id="traversal"),
+        pytest.param(f"{BASE}/static/vendor/", id="static-dir"),
+        pytest.param(f"{BASE}/static/loader.js", id="static-not-listed"),
+        pytest.param(BASE + "x", id="prefix-lookalike"),
+        pytest.param(PREFIX + "/track", id="other-endpoint"),
+    ],
+)
+def test_unknown_paths_are_404(inspector: Inspector, path: str) -> None:
+    response = get(inspector, path)
+
+    assert (response.status, response.body) == (404, b"Not Found")
+
+
+def test_head_has_the_headers_and_no_body(store: LocalStore, inspector: Inspector) -> None:
+    upload(store)
+
+    full = get(inspector, BASE)
+    head = get(inspector, BASE, method="HEAD")
+
+    assert (head.status, head.body) == (200, b"")
+    assert header(head, "content-length") == str(len(full.body))
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_other_methods_are_405(inspector: Inspector, method: str) -> None:
+    response = get(inspector, BASE, method=method)
+
+    assert (response.status, header(response, "allow")) == (405, "GET, HEAD")
+
+
+# --- static files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        ("inspector.js", "text/javascript; charset=utf-8"),
+        ("inspector.css", "text/css; charset=utf-8"),
+        (f"vendor/rrweb-player-{PLAYER_VERSION}.min.js", "text/javascript; charset=utf-8"),
+        (f"vendor/rrweb-player-{PLAYER_VERSION}.min.css", "text/css; charset=utf-8"),
+    ],
+)
+def test_static_files(
+    inspector: Inspector, static_root: Path, name: str, content_type: str
+) -> None:
+    response = get(inspector, f"{BASE}/static/{name}")
+
+    assert response.status == 200
+    assert response.body == (static_root / name).read_bytes()
+    assert header(response, "content-type") == content_type
+    assert header(response, "x-content-type-options") == "nosniff"
+
+
+def test_inspector_js_uses_no_eval_or_inline_handlers() -> None:
+    source = (STATIC / "inspector.js").read_text()
+
+    for banned in ("eval(", "new Function", "innerHTML", 'setAttribute("on'):
+        assert banned not in source
+
+
+def test_pinned_player_hashes_match_the_vendored_files(vendored_player: Path) -> None:
+    for file in PLAYER_FILES:
+        assert hashlib.sha256((vendored_player / file.name).read_bytes()).hexdigest() == file.sha256
+
+
+def test_setup_script_pins_the_same_player() -> None:
+    script = (ROOT / "scripts" / "setup.sh").read_text()
+
+    assert f'PLAYER_VERSION="{PLAYER_VERSION}"' in script
+    assert f'PLAYER_JS_SHA256="{PLAYER_FILES[0].sha256}"' in script
+    assert f'PLAYER_CSS_SHA256="{PLAYER_FILES[1].sha256}"' in script
+
+
+# --- missing or altered player files -----------------------------------------------------------
+
+
+def test_missing_player_says_run_make_setup(store: LocalStore, static_root: Path) -> None:
+    for file in PLAYER_FILES:
+        (static_root / file.name).unlink()
+    inspector = Inspector(store, PREFIX, static_root=static_root)
+    upload(store)
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
+
+    assert response.status == 200
+    assert b"is not installed: run <code>make setup</code>" in response.body
+    document = parse(response)
+    assert [s.get("src") for s in document.iter(f"{NS}script")] == [f"{BASE}/static/inspector.js"]
+    assert document.find(f".//{NS}div[@id='player']") is None
+    assert b"events.json" in response.body
+    assert get(inspector, f"{BASE}/static/{PLAYER_FILES[0].name}").status == 404
+    assert get(inspector, BASE).status == 200
+
+
+def test_altered_player_is_not_served(store: LocalStore, static_root: Path) -> None:
+    target = static_root / PLAYER_FILES[0].name
+    target.write_bytes(target.read_bytes() + b"\nalert(1);")
+    inspector = Inspector(store, PREFIX, static_root=static_root)
+    upload(store)
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
+
+    assert b"does not match its pinned sha256: run <code>make setup</code>" in response.body
+    assert get(inspector, f"{BASE}/static/{PLAYER_FILES[0].name}").status == 404
+
+
+# --- who may look --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "host"),
+    [
+        pytest.param("127.0.0.1", "127.0.0.1:8000", id="ipv4"),
+        pytest.param("127.8.9.10", "localhost:8000", id="ipv4-loopback-net"),
+        pytest.param("::1", "[::1]:8000", id="ipv6"),
+        pytest.param("::ffff:127.0.0.1", "localhost", id="ipv4-mapped"),
+        pytest.param("127.0.0.1", "myapp.localhost:5000", id="dot-localhost"),
+        pytest.param("127.0.0.1", "LOCALHOST.", id="host-case-and-dot"),
+    ],
+)
+def test_loopback_clients_are_served(inspector: Inspector, client: str, host: str) -> None:
+    assert get(inspector, BASE, client=client, host=host).status == 200
+
+
+@pytest.mark.parametrize(
+    ("client", "host"),
+    [
+        pytest.param("192.168.1.20", "192.168.1.10:8000", id="lan"),
+        pytest.param("203.0.113.9", "shop.test", id="internet"),
+        pytest.param(None, "localhost", id="no-client"),
+        pytest.param("unix-socket", "localhost", id="not-an-address"),
+        # DNS rebinding: another site's name resolving to 127.0.0.1.
+        pytest.param("127.0.0.1", "evil.test", id="rebinding"),
+        pytest.param("127.0.0.1", "", id="no-host"),
+        pytest.param("127.0.0.1", "localhost.evil.test", id="localhost-prefix"),
+    ],
+)
+def test_other_clients_get_the_plain_404(
+    store: LocalStore, inspector: Inspector, client: str | None, host: str
+) -> None:
+    upload(store)
+
+    for path in (BASE, f"{BASE}/{DEVICE}/{SESSION}", f"{BASE}/{DEVICE}/{SESSION}/events.json"):
+        for method in ("GET", "POST"):
+            response = get(inspector, path, client=client, host=host, method=method)
+            assert (response.status, response.body) == (404, b"Not Found")
+            assert header(response, "content-security-policy") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "status"),
+    [
+        pytest.param("x-forwarded-for", "203.0.113.9", 404, id="xff-remote"),
+        pytest.param("x-forwarded-for", "127.0.0.1, 203.0.113.9", 404, id="xff-chain"),
+        pytest.param("x-forwarded-for", "127.0.0.1", 200, id="xff-loopback"),
+        pytest.param("x-real-ip", "10.1.2.3", 404, id="real-ip-remote"),
+        pytest.param("forwarded", "for=203.0.113.9;proto=https", 404, id="forwarded-remote"),
+        pytest.param("forwarded", 'for="[::1]:4711"', 200, id="forwarded-ipv6-loopback"),
+        pytest.param("forwarded", "for=127.0.0.1, for=unknown", 404, id="forwarded-unknown"),
+        pytest.param("forwarded", "proto=https", 404, id="forwarded-without-for"),
+    ],
+)
+def test_reverse_proxy_on_the_same_machine_does_not_expose_it(
+    inspector: Inspector, name: str, value: str, status: int
+) -> None:
+    response = get(inspector, BASE, host="localhost", headers=[(name, value)])
+
+    assert response.status == status
+
+
+def test_allow_list_admits_addresses_and_networks(store: LocalStore, static_root: Path) -> None:
+    inspector = Inspector(
+        store, PREFIX, allow=("192.168.1.20", "10.0.0.0/8"), static_root=static_root
+    )
+
+    # An allowed client may use any Host (the LAN address or name it reached the app by).
+    assert get(inspector, BASE, client="192.168.1.20", host="devbox.lan:8000").status == 200
+    assert get(inspector, BASE, client="10.9.8.7", host="10.0.0.1").status == 200
+    assert get(inspector, BASE, client="192.168.1.21", host="devbox.lan").status == 404
+    assert get(inspector, BASE, client="11.0.0.1", host="localhost").status == 404
+    forwarded = [("x-forwarded-for", "10.1.1.1")]
+    assert get(inspector, BASE, host="localhost", headers=forwarded).status == 200
+
+
+@pytest.mark.parametrize(
+    "allow", [pytest.param(("localhost",), id="name"), pytest.param(("10.0.0.0/33",), id="cidr")]
+)
+def test_bad_allow_entries_are_refused(store: LocalStore, allow: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="is not an IP address or network"):
+        Inspector(store, PREFIX, allow=allow)
+
+
+def test_allow_must_not_be_a_string(store: LocalStore) -> None:
+    with pytest.raises(ValueError, match="not a string"):
+        Inspector(store, PREFIX, allow="127.0.0.1")
+
+
+def test_prefix_with_a_trailing_slash(store: LocalStore, static_root: Path) -> None:
+    inspector = Inspector(store, PREFIX + "/", static_root=static_root)
+
+    assert inspector.base == BASE
+    assert inspector.handles(BASE) and inspector.handles(BASE + "/x")
+    assert not inspector.handles(PREFIX + "/inspector")
+
+
+def test_default_static_root_is_the_package_static_dir(store: LocalStore) -> None:
+    assert Inspector(store, PREFIX).static_root == static_dir()
