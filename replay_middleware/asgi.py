@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -24,9 +24,13 @@ from .config import ReplayConfig
 from .context import reset_current, set_current
 from .decision import ReplayContext
 from .engine import HttpResponse, ReplayEngine, RequestState, encode_headers
+from .proxy import DEFAULT_UPSTREAMS, RemoteSampling, Upstreams
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
 from .sdk import AsyncSdkProvider, SdkUnavailable
+
+if TYPE_CHECKING:
+    from .upstream import AsyncUploadProxy
 
 __all__ = ["ReplayMiddleware"]
 
@@ -59,12 +63,28 @@ def request_info(scope: Scope) -> RequestInfo:
 class ReplayMiddleware:
     """Adds Amplitude Session Replay to every HTML page of an ASGI app."""
 
-    def __init__(self, app: ASGIApp, config: ReplayConfig | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: ReplayConfig | None = None,
+        *,
+        upstreams: Upstreams | None = None,
+    ) -> None:
+        """``upstreams`` replaces Amplitude's endpoints (tests and benchmarks point it at a
+        local fake); production code leaves it alone."""
         self.app = app
         self.config = config or ReplayConfig()
         self.engine = ReplayEngine(self.config)
         self.sdk = AsyncSdkProvider(self.config.sdk_version)
         self._prefix_slash = self.engine.prefix + "/"
+        #: With an API key: the upload proxy, which also keeps the project's remote config
+        #: fresh in the background for the server-side decision (S2), in both upload modes.
+        self.upstream: AsyncUploadProxy | None = None
+        if not self.config.local_mode:
+            from .upstream import AsyncUploadProxy
+
+            self.upstream = AsyncUploadProxy(self.config, upstreams=upstreams or DEFAULT_UPSTREAMS)
+        self._proxying = self.upstream is not None and self.config.upload_mode == "proxy"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,9 +95,13 @@ class ReplayMiddleware:
             return
         path = scope.get("path", "")
         if path == self.engine.prefix or path.startswith(self._prefix_slash):
+            if self._proxying and await self._proxy(
+                scope, path[len(self.engine.prefix) :], receive, send
+            ):
+                return
             await self._endpoint(scope, receive, send)
             return
-        lazy = _LazyState(self.engine, scope)
+        lazy = _LazyState(self.engine, scope, self._remote_sampling)
         scope[SCOPE_KEY] = lazy
         # Starlette's request.state reads this dict: the decision is computed on first use.
         scope["state"] = _StateDict(scope.get("state") or {}, lazy)
@@ -87,18 +111,58 @@ class ReplayMiddleware:
         finally:
             reset_current(token)
 
-    def _lifespan_send(self, send: Send) -> Send:
-        """Release our resources when the app reports its shutdown complete."""
+    def _remote_sampling(self) -> RemoteSampling | None:
+        """The project's remote sampling settings as last fetched; never waits (S2)."""
+        return None if self.upstream is None else self.upstream.current_sampling()
+
+    async def _proxy(self, scope: Scope, sub: str, receive: Receive, send: Send) -> bool:
+        """Forward ``/track`` and ``/config/<key>`` upstream; False for other endpoints.
+
+        The proxy sends its own complete response and maps every client or upstream fault to
+        a status the SDK understands; only an upstream break after the response started
+        propagates (the server then aborts the connection, as it must).
+        """
+        assert self.upstream is not None
+        if sub == "/track":
+            request = request_info(scope)
+            await self.upstream.handle_track(request, receive, self._sliding_send(request, send))
+            return True
+        if sub.startswith("/config/") and "/" not in sub[len("/config/") :]:
+            await self.upstream.handle_config(
+                request_info(scope), sub[len("/config/") :], receive, send
+            )
+            return True
+        return False
+
+    def _sliding_send(self, request: RequestInfo, send: Send) -> Send:
+        """I4: an accepted upload slides the session's last activity (Set-Cookie on 2xx only)."""
 
         async def wrapped(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                extra = encode_headers(self.engine.upload_cookie(request))
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return wrapped
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """Warm the remote config at start-up; release our resources at shutdown."""
+
+        async def wrapped(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                self._remote_sampling()  # schedules the first fetch in the background
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.aclose()
             await send(message)
 
         return wrapped
 
     async def aclose(self) -> None:
-        """Close the local store (and upstream clients); called on lifespan shutdown."""
+        """Close the upstream client and the local store; called on lifespan shutdown."""
+        if self.upstream is not None:
+            await self.upstream.aclose()
         await anyio.to_thread.run_sync(self.engine.close)
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,10 +185,11 @@ class ReplayMiddleware:
 
     async def _endpoint_response(self, request: RequestInfo, receive: Receive) -> HttpResponse:
         blocking = self.engine.endpoint_blocks(request.path)
+        remote = self._remote_sampling()
         result = (
             await anyio.to_thread.run_sync(self.engine.endpoint, request)
             if blocking
-            else self.engine.endpoint(request)
+            else self.engine.endpoint(request, remote=remote)
         )
         if result == "read_body":
             body = await _read_body(receive, self.config.max_upload_bytes)
@@ -176,16 +241,19 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 class _LazyState:
     """The request's identity and decision, computed once, on first use."""
 
-    __slots__ = ("_engine", "_scope", "_state")
+    __slots__ = ("_engine", "_sampling", "_scope", "_state")
 
-    def __init__(self, engine: ReplayEngine, scope: Scope) -> None:
+    def __init__(
+        self, engine: ReplayEngine, scope: Scope, sampling: Callable[[], RemoteSampling | None]
+    ) -> None:
         self._engine = engine
         self._scope = scope
+        self._sampling = sampling
         self._state: RequestState | None = None
 
     def state(self) -> RequestState:
         if self._state is None:
-            self._state = self._engine.begin(request_info(self._scope))
+            self._state = self._engine.begin(request_info(self._scope), remote=self._sampling())
         return self._state
 
     def context(self) -> ReplayContext:

@@ -18,8 +18,9 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import parse_qs
 
 from .config import ReplayConfig
 from .cookies import dump_cookie
@@ -28,6 +29,7 @@ from .decision import DECISION_HEADER, ReplayContext, decide
 from .identity import IdentityCodec, IdentityResult, resolve_identity
 from .inspector import Inspector
 from .local_store import LocalStore
+from .proxy import DEFAULT_UPSTREAMS, RemoteSampling
 from .request import RequestInfo
 from .response import HttpResponse
 from .routes import RouteRules, glob_to_regex
@@ -38,15 +40,6 @@ __all__ = ["HttpResponse", "ReplayEngine", "RequestState"]
 
 logger = logging.getLogger("replay_middleware")
 
-#: Amplitude's regional hosts (PROTOCOL §1.1, §1.8), used in direct mode.
-TRACK_URLS = {
-    "US": "https://api-sr.amplitude.com/sessions/v2/track",
-    "EU": "https://api-sr.eu.amplitude.com/sessions/v2/track",
-}
-CONFIG_URLS = {
-    "US": "https://sr-client-cfg.amplitude.com/config",
-    "EU": "https://sr-client-cfg.eu.amplitude.com/config",
-}
 #: The key the SDK is given in local mode: it only names localStorage entries and the
 #: ``/config/<key>`` path, which the middleware answers itself.
 LOCAL_API_KEY = "local"
@@ -141,17 +134,23 @@ class ReplayEngine:
 
         origin = config.public_origin
         first_party_source = f"{origin}{prefix}/" if origin else "'self'"
-        if config.local_mode:
+        #: The SDK talks to our first-party endpoints (local mode, or the upload proxy) ...
+        self.first_party = config.local_mode or config.upload_mode == "proxy"
+        if self.first_party:
+            key = config.api_key or LOCAL_API_KEY
             endpoints: dict[str, str] | None = {
                 "track": f"{prefix}/track",
                 "config": f"{prefix}/config",
             }
-            connect_urls: tuple[str, ...] = (f"{prefix}/track", f"{prefix}/config/{LOCAL_API_KEY}")
+            connect_urls: tuple[str, ...] = (f"{prefix}/track", f"{prefix}/config/{key}")
             connect_sources: tuple[str, ...] = (first_party_source, first_party_source)
         else:
+            # ... or, in direct mode, Amplitude's regional hosts (blockers may drop these).
             endpoints = None
-            track, cfg = TRACK_URLS[config.server_zone], CONFIG_URLS[config.server_zone]
-            connect_urls = (track, f"{cfg}/{config.api_key}")
+            zone = config.server_zone
+            track = DEFAULT_UPSTREAMS.track_url(zone, "")
+            cfg = DEFAULT_UPSTREAMS.config_url(zone, config.api_key or "")
+            connect_urls = (track, cfg)
             connect_sources = (_origin_of(track), _origin_of(cfg))
         use_worker = config.sdk_options.get("useWebWorker", True) is not False
         self.csp_needs = CspNeeds(
@@ -202,23 +201,16 @@ class ReplayEngine:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def begin(
-        self,
-        request: RequestInfo,
-        *,
-        sample_rate: float | None = None,
-        capture_enabled: bool = True,
-    ) -> RequestState:
-        """Resolve the identity and the decision of an application request."""
+    def begin(self, request: RequestInfo, *, remote: RemoteSampling | None = None) -> RequestState:
+        """Resolve the identity and the decision of an application request.
+
+        ``remote`` is the project's remote sampling config when known (S2): its rate wins over
+        ``sample_rate`` and ``capture_enabled: false`` records nobody. With remote targeting
+        the SDK decides per session by rules the server cannot evaluate, so every session that
+        passes the other checks gets the recorder and the SDK makes the final call.
+        """
         identity = resolve_identity(request, self.config, self.codec, self.now_ms())
-        ctx = decide(
-            request,
-            identity.identity,
-            self.config,
-            self.routes,
-            sample_rate=sample_rate,
-            capture_enabled=capture_enabled,
-        )
+        ctx = decide(request, identity.identity, self.config, self.routes, **_remote_args(remote))
         if identity.event:
             logger.debug("identity: %s (source %s)", identity.event, identity.identity.source)
         return RequestState(request, ctx, identity, self._is_secure(request))
@@ -292,7 +284,13 @@ class ReplayEngine:
     def is_endpoint(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
 
-    def endpoint(self, request: RequestInfo, body: bytes | None = None) -> HttpResponse | str:
+    def endpoint(
+        self,
+        request: RequestInfo,
+        body: bytes | None = None,
+        *,
+        remote: RemoteSampling | None = None,
+    ) -> HttpResponse | str:
         """Answer a request under the prefix. Returns ``"sdk"`` when the adapter must serve the
         SDK bundle (its source may need I/O), ``"read_body"`` when the endpoint needs the
         request body and ``body`` was not given."""
@@ -314,7 +312,7 @@ class ReplayEngine:
         if path == "/session":
             if method != "GET":
                 return _method_not_allowed("GET")
-            return self._session(request)
+            return self._session(request, remote)
         if self.inspector is not None and self.inspector.handles(request.path):
             return self.inspector.handle(request)
         if self.store is not None:
@@ -331,6 +329,26 @@ class ReplayEngine:
         return HttpResponse(
             404, [("content-type", "text/plain; charset=utf-8"), _NO_STORE], b"Not Found"
         )
+
+    def upload_cookie(self, request: RequestInfo) -> list[tuple[str, str]]:
+        """I4: an upload for the session in the visitor's cookie slides its last activity.
+
+        Uploads only happen while the visitor is active, so even a cookie past the timeout is
+        slid rather than rolled: the recorder in that page is still using the session.
+        """
+        raw = request.cookies.get(self.config.cookie_name)
+        own = self.codec.loads(raw) if raw else None
+        if own is None:
+            return []
+        query = parse_qs(request.query_string, max_num_fields=8)
+        if query.get("session_id") != [str(own.session_id)] or query.get(
+            "device_id", [own.device_id]
+        ) != [own.device_id]:
+            return []
+        moved = replace(own, last_activity=max(own.last_activity, self.now_ms()))
+        return [
+            ("set-cookie", self.identity_cookie(self.codec.dumps(moved), self._is_secure(request)))
+        ]
 
     def endpoint_blocks(self, path: str) -> bool:
         """The endpoint does blocking work (SQLite, decoding): adapters run it off the loop."""
@@ -358,11 +376,18 @@ class ReplayEngine:
         headers.append(("content-length", str(len(body))))
         return HttpResponse(200, headers, b"" if request.method == "HEAD" else body)
 
-    def _session(self, request: RequestInfo) -> HttpResponse:
+    def _session(self, request: RequestInfo, remote: RemoteSampling | None = None) -> HttpResponse:
         """I5: the current ids, rolling the session if it timed out. Route rules are the
         loader's business here (this request's path is the endpoint's, not the page's)."""
         identity = resolve_identity(request, self.config, self.codec, self.now_ms())
-        ctx = decide(request, identity.identity, self.config, self._no_routes, page_request=False)
+        ctx = decide(
+            request,
+            identity.identity,
+            self.config,
+            self._no_routes,
+            page_request=False,
+            **_remote_args(remote),
+        )
         state = RequestState(request, ctx, identity, self._is_secure(request))
         ident = identity.identity
         payload = {
@@ -384,7 +409,14 @@ class ReplayEngine:
                 413, [("content-type", "text/plain"), _NO_STORE], b"Payload size exceeded the limit"
             )
         self.store.add(request.query_string, dict(request.headers), body, self.now_ms())
-        return HttpResponse(200, [_JSON, _NO_STORE], b'{"code":200}')
+        return HttpResponse(200, [_JSON, _NO_STORE, *self.upload_cookie(request)], b'{"code":200}')
+
+
+def _remote_args(remote: RemoteSampling | None) -> dict[str, Any]:
+    if remote is None:
+        return {}
+    rate = 1.0 if remote.targeting else remote.sample_rate
+    return {"sample_rate": rate, "capture_enabled": remote.capture_enabled}
 
 
 def _method_not_allowed(allow: str) -> HttpResponse:

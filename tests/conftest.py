@@ -18,3 +18,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session-scoped browser lives; async tests scheduled after it could not start their own loop.
     """
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
+# The fake Amplitude server (tests/fake_amplitude.py), for the proxy tests and benchmarks.
+from .fake_amplitude import fake_amplitude  # noqa: E402, F401

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from replay_middleware import ReplayConfig, ReplayMiddleware, current_replay, get_replay_properties
+from replay_middleware.proxy import Upstreams
 
 EXCLUDE = ("/account/billing",)
 
@@ -69,7 +70,10 @@ render();
 """
 
 
-def create_app(config: ReplayConfig | None = None) -> FastAPI:
+def create_app(
+    config: ReplayConfig | None = None, *, upstreams: Upstreams | None = None
+) -> FastAPI:
+    """The example app; ``upstreams`` points the upload proxy at a fake (tests only)."""
     app = FastAPI(title="replay-middleware FastAPI example", docs_url=None, redoc_url=None)
 
     @app.get("/", response_class=HTMLResponse)
@@ -142,7 +146,7 @@ def create_app(config: ReplayConfig | None = None) -> FastAPI:
         ctx = request.state.replay
         return JSONResponse({"replay": get_replay_properties(), "reason": ctx.reason})
 
-    app.add_middleware(ReplayMiddleware, config=config or default_config())
+    app.add_middleware(ReplayMiddleware, config=config or default_config(), upstreams=upstreams)
     return app
 
 

@@ -93,7 +93,7 @@ class _ThreadedServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="auto"
         )
         self.server = uvicorn.Server(config)
         # uvicorn installs signal handlers only in the main thread, so a thread is safe here.

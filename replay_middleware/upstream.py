@@ -1,0 +1,899 @@
+"""AsyncUploadProxy: the ASGI-side I/O of the first-party upload proxy (SPEC P4, P5, P7).
+
+Every rule lives in the sans-IO ``proxy`` module; this class only moves bytes between ASGI
+``receive``/``send`` and one pooled ``httpx.AsyncClient`` (STYLE 12: a sync twin for WSGI will
+share the same helpers). Use one instance per middleware and close it on lifespan shutdown::
+
+    proxy = AsyncUploadProxy(config)
+    await proxy.handle_track(request_info, receive, send)          # POST {prefix}/track
+    await proxy.handle_config(request_info, key, receive, send)    # GET {prefix}/config/<key>
+    proxy.current_sampling()   # RemoteSampling | None, cheap, schedules a background refresh
+    await proxy.aclose()
+
+What it guarantees:
+
+- Uploads stream both ways: the request body goes up as it arrives (never buffered whole,
+  counted against ``max_upload_bytes``: 413 in the SDK's split wording), the response comes
+  back with ``aiter_raw()`` (never decoded). Every response is closed in ``finally`` (shielded
+  from cancellation), so pool slots return on every path.
+- A client that disconnects cancels the upstream request (its ``http.disconnect`` is raced
+  against the upstream exchange in an anyio task group). The whole exchange has a budget of
+  ``upstream_timeout`` (8 s by default, under the SDK's 10 s abort, PROTOCOL §1.2).
+- Faults map to statuses the SDK retries (502/503/504, never 4xx for our own faults).
+- The config endpoint answers within ~1 s whatever the upstream does (the SDK aborts each
+  attempt after 1 s, PROTOCOL §1.5): a per-(key, zone) cache with ``config_cache_ttl``,
+  stale-if-error, a 0.8 s upstream budget, then the fallback body.
+
+``handle_track``/``handle_config`` never raise for upstream or client faults. The one exception
+is :class:`ResponseAborted`: the upstream broke *after* the response start went out, and the
+only honest signal left is to abort the client connection — let it propagate to the server.
+
+Importing this module does not import httpx; constructing a proxy does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from .proxy import (
+    CONFIG_STALE_IF_ERROR,
+    DEFAULT_UPSTREAMS,
+    MAX_CONFIG_BYTES,
+    Breaker,
+    ConfigPlan,
+    ConfigSlot,
+    KeyMap,
+    ProxyResponse,
+    Rejection,
+    RemoteSampling,
+    TrackPlan,
+    TrustedProxies,
+    UploadCounter,
+    Upstreams,
+    config_entry,
+    config_is_fresh,
+    config_reply,
+    config_should_fetch,
+    fault_response,
+    filter_response_headers,
+    key_id,
+    plan_config,
+    plan_track,
+    redact_url,
+    sniff_body,
+    upstream_status_is_redirect,
+)
+
+if TYPE_CHECKING:
+    from http.client import HTTPResponse
+    from urllib.request import Request as UrllibRequest
+
+    import httpx
+    from anyio.abc import TaskGroup
+
+    from .config import ReplayConfig
+    from .request import RequestInfo
+
+__all__ = ["AsyncUploadProxy", "NullCookieJar", "ResponseAborted"]
+
+logger = logging.getLogger("replay_middleware.proxy")
+
+# ASGI aliases, local as in asgi.py (STYLE 16).
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+USER_AGENT: Final = "replay-middleware"
+#: Upstream config budget: the SDK aborts each config attempt after 1 000 ms (PROTOCOL §1.5).
+CONFIG_TIMEOUT: Final = 0.8
+#: After a failed config fetch, serve the stale copy or the fallback at once for this long.
+CONFIG_FAILURE_BACKOFF: Final = 2.0
+#: The background remote-sampling refresh runs at most this often, whatever the TTL.
+MIN_BACKGROUND_REFRESH: Final = 5.0
+_SNIFF_BYTES: Final = 1100
+
+
+class ResponseAborted(Exception):
+    """The upstream response broke after its start was sent to the client. The ASGI server
+    must abort the connection (no fabricated success); do not try to send another response."""
+
+
+class NullCookieJar(http.cookiejar.CookieJar):
+    """A cookie jar that never stores anything: an upstream ``Set-Cookie`` must not ride along
+    on later requests for other visitors (Gradio GHSA-2mr9-9r47-px2g, notes/proxy.md §4)."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+    def set_cookie_if_ok(self, cookie: http.cookiejar.Cookie, request: UrllibRequest) -> None:
+        return None
+
+    def extract_cookies(self, response: HTTPResponse, request: UrllibRequest) -> None:
+        return None
+
+
+class _RedactUpstreamUrls(logging.Filter):
+    """Keeps httpx's own "HTTP Request: POST <url>" INFO line from printing our upstream URLs
+    in full (the config key is a path segment, a beacon's ``api_key`` is in the query): for
+    those URLs only, the logged URL is :func:`proxy.redact_url`'s. Other httpx traffic of the
+    app is left alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefixes: tuple[str, ...] = ()
+
+    def add(self, upstreams: Upstreams) -> None:
+        urls = {*upstreams.track.values(), *upstreams.config.values()}
+        self.prefixes = tuple(sorted({*self.prefixes, *urls}))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 2:
+            url = str(args[1])
+            if url.startswith(self.prefixes):
+                record.args = (args[0], redact_url(url), *args[2:])
+        return True
+
+
+_HTTPX_LOG_FILTER: Final = _RedactUpstreamUrls()
+
+
+class _ClientGone(Exception):
+    """The client disconnected while we read its body."""
+
+
+class _BodyRejected(Exception):
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.reason)
+        self.rejection = rejection
+
+
+def _fault_kind(exc: Exception) -> str:
+    """Reason code of an httpx transport error (statuses in ``proxy._FAULTS``)."""
+    import httpx
+
+    if isinstance(exc, httpx.PoolTimeout):
+        return "pool_exhausted"
+    if isinstance(exc, httpx.TimeoutException):
+        return "upstream_timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "upstream_connect"
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.CloseError, httpx.ProtocolError)):
+        return "upstream_reset"
+    return "upstream_error"
+
+
+def _encode(
+    headers: tuple[tuple[str, str], ...] | list[tuple[str, str]],
+) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+async def _single(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
+def _claimed_key_id(request: RequestInfo) -> str:
+    """The hashed key a rejected request presented (for logs: key mismatches are the most
+    common set-up mistake), or "-"."""
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return key_id(auth[7:].strip())
+    for part in request.query_string.split("&"):
+        if part.startswith("api_key="):
+            return key_id(part[8:])
+    return "-"
+
+
+class _Log:
+    """One outcome line per request on ``replay_middleware.proxy`` (O1, notes/proxy.md case
+    50): method, route, status, upstream status, latency, bytes, reason, key hash. Never
+    bodies, cookies, keys, query strings or client addresses."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "key",
+        "method",
+        "reason",
+        "route",
+        "started",
+        "status",
+        "upstream",
+    )
+
+    def __init__(self, route: str, method: str) -> None:
+        self.route = route
+        self.method = method
+        self.started = time.perf_counter()
+        self.status: int | None = None
+        self.upstream: int | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.reason = "ok"
+        self.key = "-"
+
+    def emit(self) -> None:
+        status = self.status or 0
+        if self.reason.startswith(("upstream_", "pool_", "breaker_")) or status >= 500:
+            level = logging.WARNING
+        elif status >= 400 or self.reason != "ok":
+            level = logging.INFO
+        else:
+            level = logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
+        ms = (time.perf_counter() - self.started) * 1000
+        logger.log(
+            level,
+            "replay proxy %s %s status=%s upstream=%s ms=%.1f in=%d out=%d reason=%s key=%s",
+            self.method,
+            self.route,
+            self.status if self.status is not None else "-",
+            self.upstream if self.upstream is not None else "-",
+            ms,
+            self.bytes_in,
+            self.bytes_out,
+            self.reason,
+            self.key,
+            extra={
+                "replay_proxy": {
+                    "method": self.method,
+                    "route": self.route,
+                    "status": self.status,
+                    "upstream_status": self.upstream,
+                    "latency_ms": round(ms, 1),
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "reason": self.reason,
+                    "key": self.key,
+                }
+            },
+        )
+
+
+async def _send_response(send: Send, response: ProxyResponse) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": _encode(response.headers),
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+class AsyncUploadProxy:
+    """Forwards the SDK's uploads and config fetches to Amplitude, for ASGI apps.
+
+    ``config`` gives the key, zone, ``upstream_timeout``, ``max_upload_bytes``,
+    ``trusted_proxies``, ``forward_client_ip``, ``config_cache_ttl`` and ``http_client`` (an
+    ``httpx.AsyncClient`` or ``httpx.AsyncBaseTransport``). Keyword arguments override for
+    tests and multi-project sites: ``keys`` (a :class:`KeyMap`), ``upstreams`` (base URLs,
+    e.g. a local fake), ``client``/``transport`` (not closed by :meth:`aclose`; a created
+    client is), ``limits``, ``pool_timeout``, ``config_timeout``, breaker settings and a
+    monotonic ``clock`` for the cache.
+    """
+
+    def __init__(
+        self,
+        config: ReplayConfig,
+        *,
+        keys: KeyMap | None = None,
+        upstreams: Upstreams = DEFAULT_UPSTREAMS,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: httpx.Limits | None = None,
+        connect_timeout: float = 2.0,
+        pool_timeout: float = 1.0,
+        config_timeout: float = CONFIG_TIMEOUT,
+        config_failure_backoff: float = CONFIG_FAILURE_BACKOFF,
+        breaker_threshold: int = 5,
+        breaker_open_for: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        import httpx
+
+        self.config = config
+        self.keys = keys if keys is not None else KeyMap.from_config(config)
+        self.upstreams = upstreams
+        _HTTPX_LOG_FILTER.add(upstreams)
+        httpx_logger = logging.getLogger("httpx")
+        if _HTTPX_LOG_FILTER not in httpx_logger.filters:
+            httpx_logger.addFilter(_HTTPX_LOG_FILTER)
+        self.trusted = TrustedProxies.parse(config.trusted_proxies)
+        injected: Any = config.http_client
+        if client is None and transport is None and injected is not None:
+            if isinstance(injected, httpx.AsyncClient):
+                client = injected
+            elif isinstance(injected, httpx.AsyncBaseTransport):
+                transport = injected
+            else:
+                raise ValueError(
+                    "ReplayConfig: http_client must be an httpx.AsyncClient or an "
+                    f"httpx.AsyncBaseTransport for the ASGI middleware (got {type(injected)!r})"
+                )
+        self._client: httpx.AsyncClient | None = client
+        self._transport = transport
+        self._owns_client = client is None and transport is None
+        self._limits = limits or httpx.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0
+        )
+        budget = config.upstream_timeout
+        # Per-operation limits; the whole exchange is also capped at `budget` (P5).
+        self._track_timeout = httpx.Timeout(
+            connect=min(connect_timeout, budget), read=budget, write=budget, pool=pool_timeout
+        ).as_dict()
+        self._config_timeout = config_timeout
+        self._config_timeouts = httpx.Timeout(
+            config_timeout, pool=min(pool_timeout, config_timeout)
+        ).as_dict()
+        self._failure_backoff = config_failure_backoff
+        self._clock = clock
+        self._breakers: dict[str, Breaker] = {
+            zone: Breaker(breaker_threshold, breaker_open_for) for zone in ("US", "EU")
+        }
+        self._config: dict[tuple[str, str], ConfigSlot] = {}
+        self._flights: dict[tuple[str, str], anyio.Event] = {}
+        self._failing: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._closed = False
+
+    # -- client -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client, created on first use with safe defaults (P7)."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                follow_redirects=False,  # P1: where traffic goes is never up to the answer
+                trust_env=False,  # no HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE, .netrc
+                cookies=NullCookieJar(),
+                limits=self._limits,
+                timeout=httpx.Timeout(**self._track_timeout),
+                http1=True,
+                http2=False,  # HTTP/2 GOAWAY races are open issues (httpx #3324)
+                verify=True,  # TLS always verified (notes/proxy.md case 39)
+            )
+        return self._client
+
+    @property
+    def in_flight(self) -> int:
+        """Upload exchanges currently holding (or waiting for) an upstream connection."""
+        return self._in_flight
+
+    async def aclose(self) -> None:
+        """Stop background refreshes and close the client if this proxy created it. Call it
+        on lifespan shutdown; idempotent."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncUploadProxy:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    async def handle_track(self, request: RequestInfo, receive: Receive, send: Send) -> None:
+        """Answer ``{prefix}/track``: check, then stream the upload to the key's zone."""
+        log = _Log("track", request.method)
+        try:
+            await self._track(request, receive, send, log)
+        finally:
+            log.emit()
+
+    async def _track(self, request: RequestInfo, receive: Receive, send: Send, log: _Log) -> None:
+        plan = plan_track(
+            request,
+            keys=self.keys,
+            upstreams=self.upstreams,
+            trusted=self.trusted,
+            ip_mode=self.config.forward_client_ip,
+            max_upload_bytes=self.config.max_upload_bytes,
+            user_agent=USER_AGENT,
+        )
+        if isinstance(plan, Rejection):
+            log.status, log.reason = plan.status, plan.reason
+            log.key = _claimed_key_id(request)
+            await _send_response(send, plan.response())
+            return
+        log.key = plan.key_id
+        retry = self._breakers[plan.zone].retry_after(self._clock())
+        if retry is not None:
+            log.status, log.reason = 503, "breaker_open"
+            await _send_response(send, fault_response("breaker_open", retry_after=retry))
+            return
+        upload = _Upload(self, plan, receive, send, log)
+        self._in_flight += 1
+        try:
+            with anyio.move_on_after(self.config.upstream_timeout) as deadline:
+                await upload.run()
+            if deadline.cancelled_caught:
+                await upload.on_deadline()
+        finally:
+            self._in_flight -= 1
+            if upload.upstream_ok is not None:
+                zone = plan.zone
+                self._breakers[zone] = self._breakers[zone].record(
+                    upload.upstream_ok, self._clock()
+                )
+            log.bytes_in = upload.counter.total
+        if upload.aborted:
+            raise ResponseAborted(log.reason)
+
+    # -- config -------------------------------------------------------------------------------
+
+    async def handle_config(
+        self, request: RequestInfo, key: str, receive: Receive, send: Send
+    ) -> None:
+        """Answer ``{prefix}/config/<key>`` (``key``: the decoded path segment) from the cache,
+        the upstream (≤ ``config_timeout``), the stale copy or the fallback, in that order."""
+        log = _Log("config", request.method)
+        try:
+            plan = plan_config(request, key, keys=self.keys, upstreams=self.upstreams)
+            if isinstance(plan, Rejection):
+                log.status, log.reason = plan.status, plan.reason
+                log.key = key_id(key) if plan.status == 403 else "-"
+                await _send_response(send, plan.response())
+                return
+            log.key = plan.key_id
+            slot_key = (plan.key, plan.zone)
+            asked_at = self._clock()
+            ttl = self.config.config_cache_ttl
+            if config_should_fetch(
+                self._config.get(slot_key), asked_at, ttl, self._failure_backoff
+            ):
+                await self._config_flight(plan, wait=True)
+            slot = self._config.get(slot_key)
+            just_fetched = bool(slot and slot.entry and slot.entry.fetched_at >= asked_at)
+            response, source = config_reply(
+                slot, self._clock(), ttl=ttl, head=plan.head, just_fetched=just_fetched
+            )
+            log.status, log.bytes_out = response.status, len(response.body)
+            log.reason = "ok" if source == "fresh" else f"config_{source}"
+            await _send_response(send, response)
+        finally:
+            log.emit()
+
+    def current_sampling(self, key: str | None = None) -> RemoteSampling | None:
+        """What the remote config of ``key`` (default: the configured key) says about
+        sampling, from the cache; None when no good copy is known (use the local rate).
+
+        Cheap and synchronous, for every request (SPEC S2). When the copy is older than
+        ``max(config_cache_ttl, 5 s)`` it schedules one background refresh (asyncio only; at
+        most one in flight per key; failures logged once) and still answers at once.
+        """
+        matched = self.keys.match(key if key is not None else self.keys.primary)
+        if matched is None:
+            return None
+        cfg_key, zone = matched
+        slot = self._config.get(matched)
+        now = self._clock()
+        every = max(self.config.config_cache_ttl, MIN_BACKGROUND_REFRESH)
+        if (
+            matched not in self._flights
+            and not self._closed
+            and config_should_fetch(slot, now, every, self._failure_backoff)
+        ):
+            plan = ConfigPlan(
+                url=self.upstreams.config_url(zone, cfg_key),
+                key=cfg_key,
+                zone=zone,
+                key_id=key_id(cfg_key),
+                head=False,
+            )
+            self._spawn_flight(plan)
+        entry = slot.entry if slot else None
+        if entry is None or not config_is_fresh(slot, now, CONFIG_STALE_IF_ERROR):
+            return None
+        return entry.sampling
+
+    async def remote_sampling(self, key: str | None = None) -> RemoteSampling | None:
+        """The async form of :meth:`current_sampling`: never waits on the network."""
+        return self.current_sampling(key)
+
+    async def refresh_config(self, key: str | None = None) -> RemoteSampling | None:
+        """Fetch the remote config now (bounded by ``config_timeout``) and return its
+        sampling; for lifespan start-up (warm the cache) and tests."""
+        matched = self.keys.match(key if key is not None else self.keys.primary)
+        if matched is None:
+            return None
+        cfg_key, zone = matched
+        plan = ConfigPlan(
+            url=self.upstreams.config_url(zone, cfg_key),
+            key=cfg_key,
+            zone=zone,
+            key_id=key_id(cfg_key),
+            head=False,
+        )
+        await self._config_flight(plan, wait=True)
+        slot = self._config.get(matched)
+        return slot.entry.sampling if slot and slot.entry else None
+
+    # -- config internals ---------------------------------------------------------------------
+
+    def _spawn(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``factory()`` as a background asyncio task; False under another event loop
+        (trio has no spawn without a nursery), where callers fetch inline instead."""
+        if self._closed:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        task = loop.create_task(factory())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _spawn_flight(self, plan: ConfigPlan) -> None:
+        """Start a background fetch for ``plan`` (none if one is in flight or cannot run)."""
+        slot_key = (plan.key, plan.zone)
+        done = anyio.Event()
+        self._flights[slot_key] = done
+        if not self._spawn(lambda: self._run_flight(plan, done)):
+            del self._flights[slot_key]
+
+    async def _config_flight(self, plan: ConfigPlan, *, wait: bool) -> None:
+        """Join or start the one fetch in flight for this (key, zone); wait for it at most
+        ``config_timeout`` (a little more for scheduling)."""
+        slot_key = (plan.key, plan.zone)
+        done = self._flights.get(slot_key)
+        if done is None:
+            done = anyio.Event()
+            self._flights[slot_key] = done
+            flight = done
+            if not self._spawn(lambda: self._run_flight(plan, flight)):
+                await self._run_flight(plan, flight)  # not asyncio: inline, still bounded
+                return
+        if wait:
+            with anyio.move_on_after(self._config_timeout + 0.05):
+                await done.wait()
+
+    async def _run_flight(self, plan: ConfigPlan, done: anyio.Event) -> None:
+        slot_key = (plan.key, plan.zone)
+        try:
+            await self._fetch_config(plan)
+        finally:
+            if self._flights.get(slot_key) is done:
+                del self._flights[slot_key]
+            done.set()
+
+    async def _fetch_config(self, plan: ConfigPlan) -> None:
+        import httpx
+
+        slot_key = (plan.key, plan.zone)
+        status: int | None = None
+        reason = "ok"
+        entry = None
+        with anyio.move_on_after(self._config_timeout) as scope:
+            try:
+                request = httpx.Request(
+                    "GET",
+                    plan.url,
+                    headers=[
+                        ("accept", "*/*"),
+                        ("accept-encoding", "identity"),
+                        ("user-agent", USER_AGENT),
+                    ],
+                    extensions={"timeout": self._config_timeouts},
+                )
+                response = await self.client.send(
+                    request, stream=True, follow_redirects=False, auth=None
+                )
+                try:
+                    status = response.status_code
+                    body = b""
+                    if status == 200:
+                        chunks: list[bytes] = []
+                        size = 0
+                        async for chunk in response.aiter_bytes():
+                            size += len(chunk)
+                            if size > MAX_CONFIG_BYTES:
+                                break
+                            chunks.append(chunk)
+                        body = b"".join(chunks) if size <= MAX_CONFIG_BYTES else b""
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                entry = config_entry(
+                    status, response.headers.get("content-type", ""), body, self._clock()
+                )
+                if entry is None:
+                    reason = f"upstream_status_{status}" if status != 200 else "upstream_bad_body"
+            except httpx.HTTPError as exc:
+                reason = _fault_kind(exc)
+            except Exception:
+                logger.exception("replay proxy: config fetch failed unexpectedly")
+                reason = "upstream_error"
+        if scope.cancelled_caught:
+            reason = "upstream_timeout"
+        previous = self._config.get(slot_key)
+        if entry is not None:
+            self._config[slot_key] = ConfigSlot(entry=entry)
+            if slot_key in self._failing:
+                self._failing.discard(slot_key)
+                logger.info("replay proxy: remote config for %s fetched again", plan.key_id)
+            return
+        self._config[slot_key] = ConfigSlot(
+            entry=previous.entry if previous else None, failed_at=self._clock()
+        )
+        # Logged once per outage; the per-request lines show the rest.
+        level = logging.DEBUG if slot_key in self._failing else logging.WARNING
+        self._failing.add(slot_key)
+        logger.log(
+            level,
+            "replay proxy: remote config fetch failed (%s, upstream=%s, key=%s); serving %s",
+            reason,
+            status if status is not None else "-",
+            plan.key_id,
+            "the last good copy" if previous and previous.entry else "the fallback config",
+        )
+
+
+class _Upload:
+    """One upload in flight: all per-request state lives here (STYLE 5)."""
+
+    def __init__(
+        self, proxy: AsyncUploadProxy, plan: TrackPlan, receive: Receive, send: Send, log: _Log
+    ) -> None:
+        self.proxy = proxy
+        self.plan = plan
+        self.receive = receive
+        self._send = send
+        self.log = log
+        self.counter = UploadCounter(proxy.config.max_upload_bytes, plan.content_length)
+        self.prefetched: list[bytes] = []
+        self.complete = False  # the client's body has been read entirely
+        self.waiting_client = False  # awaiting receive() for body bytes
+        self.client_gone = False
+        self.started = False  # the response start went to the client
+        self.finished = False  # ... and its last body message
+        self.aborted = False  # the client connection must be aborted
+        self.upstream_ok: bool | None = None  # for the breaker; None = not the upstream's doing
+        self._tg: TaskGroup | None = None
+
+    # -- client side ----------------------------------------------------------------------
+
+    async def _next_chunk(self) -> tuple[bytes, bool]:
+        """The next body chunk and whether more follow; ``_ClientGone`` on disconnect."""
+        while True:
+            # Left True if cancelled here: the deadline then blames the client (408).
+            self.waiting_client = True
+            message = await self.receive()
+            self.waiting_client = False
+            kind = message.get("type")
+            if kind == "http.disconnect":
+                self.client_gone = True
+                raise _ClientGone
+            if kind == "http.request":
+                return message.get("body", b"") or b"", bool(message.get("more_body", False))
+
+    def _count(self, chunk: bytes, more: bool) -> None:
+        rejection = self.counter.add(len(chunk))
+        if rejection is None and not more:
+            self.complete = True
+            rejection = self.counter.finish()
+        if rejection is not None:
+            raise _BodyRejected(rejection)
+
+    async def _emit(self, message: Message) -> bool:
+        """Send to the client; False (and client_gone) if the server refuses."""
+        if self.client_gone:
+            return False
+        try:
+            await self._send(message)
+        except Exception:
+            logger.debug("replay proxy: send to the client failed", exc_info=True)
+            self.client_gone = True
+            return False
+        return True
+
+    async def reply(self, response: ProxyResponse, reason: str) -> None:
+        self.log.status, self.log.reason = response.status, reason
+        if await self._emit(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": _encode(response.headers),
+            }
+        ):
+            self.started = True
+            await self._emit(
+                {"type": "http.response.body", "body": response.body, "more_body": False}
+            )
+            self.finished = True
+            self.log.bytes_out = len(response.body)
+
+    # -- the exchange -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if not await self._prefetch():
+                return
+        except _ClientGone:
+            self.log.reason = "client_abort"
+            return
+        except _BodyRejected as exc:
+            await self.reply(exc.rejection.response(), exc.rejection.reason)
+            return
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await self._exchange()
+            except Exception:
+                # A bug of ours or an exotic transport: never let it out of the task group
+                # (it would surface as an ExceptionGroup), and still answer something the SDK
+                # retries, or abort if the response already started.
+                logger.exception("replay proxy: upload exchange failed unexpectedly")
+                self.upstream_ok = None
+                if self.started:
+                    self.aborted = True
+                    self.log.reason = "proxy_error"
+                else:
+                    await self.reply(fault_response("upstream_error"), "proxy_error")
+            tg.cancel_scope.cancel()
+        if self.client_gone and not self.finished:
+            self.log.reason = "client_abort"
+
+    async def _prefetch(self) -> bool:
+        """Read until the first bytes tell JSON or gzip from anything else (case 27)."""
+        head = b""
+        while True:
+            chunk, more = await self._next_chunk()
+            self._count(chunk, more)
+            if chunk:
+                self.prefetched.append(chunk)
+                if len(head) < _SNIFF_BYTES:
+                    head += chunk[: _SNIFF_BYTES - len(head)]
+            verdict = sniff_body(head, not more)
+            if verdict is None:
+                continue
+            if not verdict:
+                await self.reply(
+                    ProxyResponse(
+                        415,
+                        (("content-type", "application/json"), ("cache-control", "no-store")),
+                        b'{"error":"unsupported_payload"}',
+                    ),
+                    "unsupported_payload",
+                )
+            return verdict
+
+    async def _body(self) -> AsyncGenerator[bytes, None]:
+        """The request body for httpx: what was prefetched, then the rest as it arrives."""
+        while self.prefetched:
+            yield self.prefetched.pop(0)
+        while not self.complete:
+            chunk, more = await self._next_chunk()
+            self._count(chunk, more)
+            if chunk:
+                yield chunk
+        # The body is in: from now on receive() only reports a disconnect; watch for it.
+        if self._tg is not None:
+            self._tg.start_soon(self._watch_disconnect)
+
+    async def _watch_disconnect(self) -> None:
+        try:
+            while True:
+                message = await self.receive()
+                if message.get("type") == "http.disconnect":
+                    break
+        except Exception:
+            return
+        if not self.finished and self._tg is not None:
+            self.client_gone = True
+            self._tg.cancel_scope.cancel()
+
+    async def _exchange(self) -> None:
+        import httpx
+
+        body = self._body()
+        request = httpx.Request(
+            "POST",
+            self.plan.url,
+            headers=list(self.plan.headers),
+            content=body,
+            extensions={"timeout": self.proxy._track_timeout},
+        )
+        try:
+            try:
+                response = await self.proxy.client.send(
+                    request, stream=True, follow_redirects=False, auth=None
+                )
+            except _ClientGone:
+                self.log.reason = "client_abort"
+                return
+            except _BodyRejected as exc:
+                await self.reply(exc.rejection.response(), exc.rejection.reason)
+                return
+            except httpx.HTTPError as exc:
+                kind = _fault_kind(exc)
+                if kind != "pool_exhausted":
+                    self.upstream_ok = False
+                await self.reply(fault_response(kind), kind)
+                return
+            try:
+                await self._relay(response)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await body.aclose()
+
+    async def _relay(self, response: httpx.Response) -> None:
+        import httpx
+
+        status = response.status_code
+        self.log.upstream = status
+        if upstream_status_is_redirect(status):
+            self.upstream_ok = False
+            await self.reply(fault_response("upstream_redirect"), "upstream_redirect")
+            return
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
+        # A transport may hand back a response it already read and decoded (httpx's
+        # MockTransport, some test doubles): then its bytes are decoded, so the encoding and
+        # length headers must go (notes/proxy.md §4: never decoded bytes with raw headers).
+        preread = response.is_stream_consumed
+        headers = filter_response_headers(raw, raw=not preread)
+        self.log.status = status
+        if not await self._emit(
+            {"type": "http.response.start", "status": status, "headers": _encode(headers)}
+        ):
+            return
+        self.started = True
+        try:
+            chunks = _single(response.content) if preread else response.aiter_raw()
+            async for chunk in chunks:
+                if chunk:
+                    self.log.bytes_out += len(chunk)
+                    if not await self._emit(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    ):
+                        return
+        except httpx.HTTPError as exc:
+            # Mid-response: no fabricated success (case 38); the caller aborts the client.
+            self.upstream_ok = False
+            self.aborted = True
+            self.log.reason = _fault_kind(exc)
+            return
+        self.finished = True
+        self.upstream_ok = status < 500
+        if status >= 400:
+            self.log.reason = f"upstream_{status}" if status >= 500 else "upstream_rejected"
+        await self._emit({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def on_deadline(self) -> None:
+        """The total budget ran out (P5: under the SDK's 10 s abort)."""
+        if self.finished or self.client_gone:
+            return
+        if self.started:
+            self.upstream_ok = False
+            self.aborted = True
+            self.log.reason = "upstream_timeout"
+        elif self.waiting_client:
+            # The client's body is what we waited for (slowloris, case 43).
+            await self.reply(fault_response("client_timeout"), "client_timeout")
+        else:
+            self.upstream_ok = False
+            await self.reply(fault_response("upstream_timeout"), "upstream_timeout")

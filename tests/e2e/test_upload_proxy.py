@@ -1,0 +1,157 @@
+"""The real SDK in Debian chromium records the FastAPI example, and its uploads reach a fake
+Amplitude through the first-party proxy (and, in local mode, the inspector)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page
+
+from examples.fastapi_app.app import create_app
+from replay_middleware import ReplayConfig
+from replay_middleware.payloads import DecodedPayload, decode_payload
+from tests.fake_amplitude import FakeAmplitude, Recorded, Reply
+
+pytestmark = pytest.mark.e2e
+
+KEY = "0123456789abcdef0123456789abcdef"
+PASSWORD = "hunter2-Sup3rSecret"
+WAIT_S = 15.0
+
+
+@pytest.fixture
+def proxied(live_server: Callable[[Any], str], fake_amplitude: FakeAmplitude) -> str:
+    # A project config with no sampling settings: the SDK records with the local rate (1.0).
+    fake_amplitude.set_default("config", Reply.config(b'{"configs":{"sessionReplay":{}}}'))
+    config = ReplayConfig(
+        api_key=KEY,
+        secret_key="e2e-secret-key-0123456789",
+        sample_rate=1.0,
+        exclude=("/account/billing",),
+        sdk_options={"flushIntervalConfig": {"minIntervalMs": 200, "maxIntervalMs": 1000}},
+    )
+    return live_server(create_app(config, upstreams=fake_amplitude.upstreams()))
+
+
+def decoded(rec: Recorded) -> DecodedPayload:
+    assert rec.body is not None
+    result = decode_payload(
+        rec.body, query_string=rec.query, content_encoding=rec.header("content-encoding")
+    )
+    assert isinstance(result, DecodedPayload), result
+    return result
+
+
+def uploads(fake: FakeAmplitude) -> list[Recorded]:
+    return [r for r in fake.requests_for("track") if r.complete]
+
+
+def flush(page: Page) -> None:
+    page.evaluate("() => window.dispatchEvent(new Event('blur'))")
+
+
+def record_sign_in(page: Page, base: str) -> None:
+    page.goto(base + "/signin")
+    page.wait_for_function(
+        "() => { const p = window.replayMiddleware && window.replayMiddleware.getSessionReplayProperties();"
+        " return p && p['[Amplitude] Session Replay ID']; }",
+        timeout=10_000,
+    )
+    page.fill("#email", "alice@example.com")
+    page.type("#password", PASSWORD, delay=5)
+    page.click("h1")
+    flush(page)
+
+
+def test_uploads_reach_amplitude_through_the_proxy(
+    proxied: str, page: Page, fake_amplitude: FakeAmplitude
+) -> None:
+    record_sign_in(page, proxied)
+    assert fake_amplitude.wait_until(lambda: len(uploads(fake_amplitude)) >= 1, WAIT_S)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "replay_id"]
+    device, session = cookie["value"].split(".")[:2]
+    for rec in uploads(fake_amplitude):
+        assert rec.path.endswith("/sessions/v2/track")
+        assert f"device_id={device}" in rec.query and f"session_id={session}" in rec.query
+        assert rec.header("cookie") is None
+        if "api_key=" not in rec.query:
+            assert rec.header("authorization") == f"Bearer {KEY}"
+    [config_fetch, *_] = fake_amplitude.requests_for("config")
+    assert config_fetch.path.endswith(f"/config/{KEY}") and config_fetch.header("cookie") is None
+
+
+def test_typed_password_never_leaves_the_browser(
+    proxied: str, page: Page, fake_amplitude: FakeAmplitude
+) -> None:
+    record_sign_in(page, proxied)
+    page.evaluate("() => window.dispatchEvent(new Event('pagehide'))")
+    assert fake_amplitude.wait_until(lambda: len(uploads(fake_amplitude)) >= 2, WAIT_S)
+    seen = b""
+    for rec in uploads(fake_amplitude):
+        payload = decoded(rec)
+        seen += b"".join(e.json.encode() for e in payload.events)
+    assert PASSWORD.encode() not in seen
+    assert b"*" in seen  # the typed input was recorded, masked
+
+
+def test_page_exit_beacon_is_accepted(
+    proxied: str, page: Page, fake_amplitude: FakeAmplitude
+) -> None:
+    record_sign_in(page, proxied)
+    page.evaluate("() => window.dispatchEvent(new Event('pagehide'))")
+    assert fake_amplitude.wait_until(
+        lambda: any("api_key=" in r.query for r in uploads(fake_amplitude)), WAIT_S
+    )
+    [beacon, *_] = [r for r in uploads(fake_amplitude) if "api_key=" in r.query]
+    assert re.search(rf"api_key={KEY}", beacon.query)
+    assert beacon.header("authorization") is None and beacon.header("cookie") is None
+    assert decoded(beacon).version == 2
+
+
+def test_upstream_500_once_is_retried_and_nothing_is_lost(
+    proxied: str, page: Page, fake_amplitude: FakeAmplitude
+) -> None:
+    fake_amplitude.script("track", Reply.error(500))
+    record_sign_in(page, proxied)
+    assert fake_amplitude.wait_until(lambda: len(uploads(fake_amplitude)) >= 1, WAIT_S)
+    first = uploads(fake_amplitude)[0]
+    lost = {e.fingerprint for e in decoded(first).events}
+    assert lost, "the failed batch carried events"
+
+    def retried() -> bool:
+        later = uploads(fake_amplitude)[1:]
+        return lost <= set().union(*({e.fingerprint for e in decoded(r).events} for r in later))
+
+    # The SDK retries a 5xx after random() x attempt x 1 s (PROTOCOL §2).
+    assert fake_amplitude.wait_until(retried, WAIT_S)
+
+
+def test_local_mode_session_appears_in_the_inspector(
+    live_server: Callable[[Any], str], page: Page, tmp_path: Path
+) -> None:
+    config = ReplayConfig(
+        sample_rate=1.0, exclude=("/account/billing",), local_store_dir=str(tmp_path)
+    )
+    base = live_server(create_app(config))
+    record_sign_in(page, base)
+    page.evaluate("() => window.dispatchEvent(new Event('pagehide'))")
+    session = page.evaluate("() => window.replayMiddleware.getSessionId()")
+    deadline_ok = False
+    for _ in range(60):
+        page.wait_for_timeout(250)
+        listing = page.request.get(base + "/_replay/inspect")
+        if str(session).encode() in listing.body():
+            deadline_ok = True
+            break
+    assert deadline_ok, "the session never appeared in the inspector"
+    viewer = page.context.new_page()
+    viewer.goto(base + "/_replay/inspect")
+    viewer.click(f"a:has-text('{session}')")
+    # The player replays the recorded page: its iframe holds the sign-in form's heading.
+    frame = viewer.frame_locator("iframe").first
+    frame.locator("h1:has-text('Sign in')").wait_for(timeout=10_000)
+    assert PASSWORD not in viewer.content()

@@ -1,0 +1,191 @@
+"""ReplayMiddleware with an API key: the first-party proxy and remote-config awareness,
+against the fake Amplitude over real sockets."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from replay_middleware import ReplayConfig, ReplayMiddleware
+from replay_middleware.identity import Identity
+
+from .fake_amplitude import FakeAmplitude, Reply
+
+pytestmark = pytest.mark.anyio
+
+KEY = "0123456789abcdef0123456789abcdef"
+PAGE = b"<!DOCTYPE html><html><head><title>t</title></head><body></body></html>"
+
+
+async def page_app(scope: Any, receive: Any, send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]}
+    )
+    await send({"type": "http.response.body", "body": PAGE})
+
+
+def middleware(fake: FakeAmplitude, **overrides: Any) -> ReplayMiddleware:
+    config = ReplayConfig(
+        **{"api_key": KEY, "secret_key": "s" * 32, "sample_rate": 1.0, **overrides}
+    )
+    return ReplayMiddleware(page_app, config=config, upstreams=fake.upstreams())
+
+
+def client(mw: ReplayMiddleware) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://shop.test")
+
+
+def data_block(html: bytes) -> dict[str, Any]:
+    m = re.search(rb'id="replay-middleware-config">(\{.*?\})</script>', html)
+    assert m is not None, html
+    return dict(json.loads(m.group(1)))
+
+
+async def test_snippet_points_the_sdk_at_first_party_endpoints(
+    fake_amplitude: FakeAmplitude,
+) -> None:
+    mw = middleware(fake_amplitude)
+    async with client(mw) as c:
+        data = data_block((await c.get("/")).content)
+    assert data["endpoints"] == {"track": "/_replay/track", "config": "/_replay/config"}
+    assert data["apiKey"] == KEY
+    await mw.aclose()
+
+
+async def test_direct_mode_keeps_amplitude_hosts(fake_amplitude: FakeAmplitude) -> None:
+    mw = middleware(fake_amplitude, upload_mode="direct")
+    async with client(mw) as c:
+        r = await c.get("/")
+        assert data_block(r.content)["endpoints"] is None
+        # The proxy endpoints do not exist in direct mode.
+        assert (
+            await c.post("/_replay/track?device_id=d&session_id=1&type=replay")
+        ).status_code == 404
+    await mw.aclose()
+
+
+async def test_upload_is_forwarded_without_cookies_and_slides_the_session(
+    fake_amplitude: FakeAmplitude,
+) -> None:
+    mw = middleware(fake_amplitude)
+    now = mw.engine.now_ms()
+    ident = Identity("0b6a3c1e-5d7f-4a2b-9c8d-112233445566", now - 60_000, now - 60_000)
+    cookie = f"replay_id={mw.engine.codec.dumps(ident)}; sessionid=site-secret"
+    query = f"device_id={ident.device_id}&session_id={ident.session_id}&type=replay"
+    async with client(mw) as c:
+        r = await c.post(
+            f"/_replay/track?{query}",
+            content=b'{"version":1,"events":[]}',
+            headers={
+                "authorization": f"Bearer {KEY}",
+                "content-type": "application/json",
+                "cookie": cookie,
+            },
+        )
+    assert r.status_code == 200
+    [rec] = fake_amplitude.requests_for("track")
+    assert rec.query == query
+    assert rec.header("authorization") == f"Bearer {KEY}"
+    assert rec.header("cookie") is None
+    slid = r.headers["set-cookie"]
+    assert slid.startswith(f"replay_id={ident.device_id}.{ident.session_id}.")
+    assert int(slid.split(".")[2]) >= now
+    await mw.aclose()
+
+
+async def test_proxy_errors_never_set_cookies(fake_amplitude: FakeAmplitude) -> None:
+    fake_amplitude.script("track", Reply.error(500))
+    mw = middleware(fake_amplitude)
+    now = mw.engine.now_ms()
+    ident = Identity("0b6a3c1e-5d7f-4a2b-9c8d-112233445566", now, now)
+    async with client(mw) as c:
+        r = await c.post(
+            f"/_replay/track?device_id={ident.device_id}&session_id={now}&type=replay",
+            content=b"{}",
+            headers={
+                "authorization": f"Bearer {KEY}",
+                "cookie": f"replay_id={mw.engine.codec.dumps(ident)}",
+            },
+        )
+    assert r.status_code == 500 and "set-cookie" not in r.headers
+    await mw.aclose()
+
+
+async def test_unknown_key_is_refused_without_contacting_upstream(
+    fake_amplitude: FakeAmplitude,
+) -> None:
+    mw = middleware(fake_amplitude)
+    async with client(mw) as c:
+        r = await c.post(
+            "/_replay/track?device_id=d&session_id=1&type=replay",
+            headers={"authorization": "Bearer other"},
+        )
+        cfg = await c.get("/_replay/config/other?config_group=browser")
+    assert (r.status_code, cfg.status_code) == (403, 403)
+    assert fake_amplitude.requests == []
+    await mw.aclose()
+
+
+async def test_config_is_proxied(fake_amplitude: FakeAmplitude) -> None:
+    body = b'{"configs":{"sessionReplay":{"sr_sampling_config":{"sample_rate":0.5,"capture_enabled":true}}}}'
+    fake_amplitude.set_default("config", Reply.config(body))
+    mw = middleware(fake_amplitude)
+    async with client(mw) as c:
+        r = await c.get(f"/_replay/config/{KEY}?config_group=browser")
+    assert r.status_code == 200 and r.content == body
+    await mw.aclose()
+
+
+async def test_remote_capture_disabled_means_no_recorder(fake_amplitude: FakeAmplitude) -> None:
+    fake_amplitude.set_default(
+        "config",
+        Reply.config(
+            b'{"configs":{"sessionReplay":{"sr_sampling_config":{"capture_enabled":false}}}}'
+        ),
+    )
+    mw = middleware(fake_amplitude)
+    assert mw.upstream is not None
+    await mw.upstream.refresh_config()
+    async with client(mw) as c:
+        r = await c.get("/")
+        session = (await c.get("/_replay/session")).json()
+    assert b"replay-middleware-config" not in r.content
+    assert session["record"] is False
+    await mw.aclose()
+
+
+async def test_remote_sample_rate_wins_over_local(fake_amplitude: FakeAmplitude) -> None:
+    fake_amplitude.set_default(
+        "config",
+        Reply.config(
+            b'{"configs":{"sessionReplay":{"sr_sampling_config":{"sample_rate":0,"capture_enabled":true}}}}'
+        ),
+    )
+    mw = middleware(fake_amplitude, sample_rate=1.0)
+    assert mw.upstream is not None
+    await mw.upstream.refresh_config()
+    async with client(mw) as c:
+        r = await c.get("/")
+    assert b"replay-middleware-config" not in r.content
+    assert r.headers.get("x-replay-decision") is None  # debug header off outside local mode
+    await mw.aclose()
+
+
+async def test_request_path_never_waits_for_remote_config(fake_amplitude: FakeAmplitude) -> None:
+    fake_amplitude.set_default("config", Reply.hang())
+    mw = middleware(fake_amplitude)
+    async with client(mw) as c:
+        with anyio_fail_after(0.5):
+            r = await c.get("/")
+    assert b"replay-middleware-config" in r.content  # local rate until the remote config is known
+    await mw.aclose()
+
+
+def anyio_fail_after(seconds: float) -> Any:
+    import anyio
+
+    return anyio.fail_after(seconds)
