@@ -123,16 +123,35 @@ class ReplayMiddleware:
         propagates (the server then aborts the connection, as it must).
         """
         assert self.upstream is not None
-        if sub == "/track":
-            request = request_info(scope)
-            await self.upstream.handle_track(request, receive, self._sliding_send(request, send))
-            return True
-        if sub.startswith("/config/") and "/" not in sub[len("/config/") :]:
-            await self.upstream.handle_config(
-                request_info(scope), sub[len("/config/") :], receive, send
+        track = sub == "/track"
+        key = sub[len("/config/") :]
+        if not track and not (sub.startswith("/config/") and "/" not in key):
+            return False
+        request = request_info(scope)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            if track:
+                await self.upstream.handle_track(
+                    request, receive, self._sliding_send(request, tracked)
+                )
+            else:
+                await self.upstream.handle_config(request, key, receive, tracked)
+        except Exception:
+            if started:
+                raise  # mid-response: only aborting the connection is honest now
+            # A bug of ours before any byte went out: a status the SDK retries, never a 500.
+            logger.exception("replay-middleware: proxy failed on %s", sub)
+            error = HttpResponse(
+                503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
             )
-            return True
-        return False
+            await _send_response(send, error)
+        return True
 
     def _sliding_send(self, request: RequestInfo, send: Send) -> Send:
         """I4: an accepted upload slides the session's last activity (Set-Cookie on 2xx only)."""
@@ -174,14 +193,7 @@ class ReplayMiddleware:
             result = HttpResponse(
                 503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
             )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": result.status,
-                "headers": encode_headers(result.headers),
-            }
-        )
-        await send({"type": "http.response.body", "body": result.body})
+        await _send_response(send, result)
 
     async def _endpoint_response(self, request: RequestInfo, receive: Receive) -> HttpResponse:
         blocking = self.engine.endpoint_blocks(request.path)
@@ -219,6 +231,17 @@ class ReplayMiddleware:
                 result = self.engine.sdk_response(request, bundle.body, bundle.etag)
         assert isinstance(result, HttpResponse)
         return result
+
+
+async def _send_response(send: Send, response: HttpResponse) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": encode_headers(response.headers),
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

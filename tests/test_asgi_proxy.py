@@ -189,3 +189,21 @@ def anyio_fail_after(seconds: float) -> Any:
     import anyio
 
     return anyio.fail_after(seconds)
+
+
+async def test_proxy_bug_before_the_response_answers_503(
+    fake_amplitude: FakeAmplitude, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    mw = middleware(fake_amplitude)
+    assert mw.upstream is not None
+    monkeypatch.setattr(mw.upstream, "handle_track", broken)
+    async with client(mw) as c:
+        r = await c.post(
+            "/_replay/track?device_id=d&session_id=1&type=replay",
+            headers={"authorization": f"Bearer {KEY}"},
+        )
+    assert r.status_code == 503
+    await mw.aclose()
