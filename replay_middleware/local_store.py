@@ -662,25 +662,21 @@ class LocalStore:
 
     def events(self, device_id: str, session_id: str) -> list[dict[str, Any]]:
         """The session's rrweb events in timestamp order (arrival order on ties); [] if none."""
-        with self._lock:
-            conn = self._connection()
-            sid = self._sid(conn, device_id, session_id)
-            if sid is None:
-                return []
-            rows = conn.execute(
-                "SELECT json FROM events WHERE sid = ? ORDER BY timestamp, id", (sid,)
-            ).fetchall()
-        return [json.loads(row[0]) for row in rows]
+        return self._session_json("events", device_id, session_id)
 
     def interactions(self, device_id: str, session_id: str) -> list[dict[str, Any]]:
         """The session's interaction events (clicks, scrolls) in timestamp order."""
+        return self._session_json("interactions", device_id, session_id)
+
+    def _session_json(self, table: str, device_id: str, session_id: str) -> list[dict[str, Any]]:
+        assert table in ("events", "interactions")  # a constant, never user input
         with self._lock:
             conn = self._connection()
             sid = self._sid(conn, device_id, session_id)
             if sid is None:
                 return []
             rows = conn.execute(
-                "SELECT json FROM interactions WHERE sid = ? ORDER BY timestamp, id", (sid,)
+                f"SELECT json FROM {table} WHERE sid = ? ORDER BY timestamp, id", (sid,)
             ).fetchall()
         return [json.loads(row[0]) for row in rows]
 

@@ -97,24 +97,32 @@ EOF
 }
 hex_sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
+# fetch_tarball PACKAGE VERSION TARBALL INTEGRITY: `npm pack` into the cache unless a tarball
+# with the pinned sha512 integrity is already there; a mismatch removes it and stops.
+fetch_tarball() {
+    local package="$1" version="$2" tarball="$3" integrity="$4" actual
+    mkdir -p "$NPM_CACHE_DIR"
+    if [ -f "$tarball" ] && [ "$(sri_sha512 "$tarball")" = "$integrity" ]; then
+        return 0
+    fi
+    need_npm
+    say "fetching $package@$version with npm pack"
+    rm -f "$tarball"
+    (cd "$NPM_CACHE_DIR" && npm_config_update_notifier=false npm pack --silent \
+        "$package@$version" >/dev/null)
+    [ -f "$tarball" ] || die "npm pack did not produce $tarball"
+    actual="$(sri_sha512 "$tarball")"
+    if [ "$actual" != "$integrity" ]; then
+        rm -f "$tarball"
+        die "integrity mismatch for $package@$version: got $actual"
+    fi
+}
+
 if [ -f "$SDK_VENDORED" ] && [ "$(hex_sha256 "$SDK_VENDORED")" = "$SDK_BUNDLE_SHA256" ] \
     && [ -f "$SDK_UNPACKED/package/lib/cjs/sampling.js" ]; then
     say "SDK $SDK_VERSION already vendored"
 else
-    mkdir -p "$NPM_CACHE_DIR"
-    if [ ! -f "$SDK_TARBALL" ] || [ "$(sri_sha512 "$SDK_TARBALL")" != "$SDK_TARBALL_INTEGRITY" ]; then
-        need_npm
-        say "fetching $SDK_PACKAGE@$SDK_VERSION with npm pack"
-        rm -f "$SDK_TARBALL"
-        (cd "$NPM_CACHE_DIR" && npm_config_update_notifier=false npm pack --silent \
-            "$SDK_PACKAGE@$SDK_VERSION" >/dev/null)
-        [ -f "$SDK_TARBALL" ] || die "npm pack did not produce $SDK_TARBALL"
-        actual="$(sri_sha512 "$SDK_TARBALL")"
-        if [ "$actual" != "$SDK_TARBALL_INTEGRITY" ]; then
-            rm -f "$SDK_TARBALL"
-            die "integrity mismatch for $SDK_PACKAGE@$SDK_VERSION: got $actual"
-        fi
-    fi
+    fetch_tarball "$SDK_PACKAGE" "$SDK_VERSION" "$SDK_TARBALL" "$SDK_TARBALL_INTEGRITY"
     say "unpacking into ${SDK_UNPACKED#"$ROOT"/}/package"
     tmp="$(mktemp -d "$NPM_CACHE_DIR/unpack.XXXXXX")"
     trap 'rm -rf "$tmp"' EXIT
@@ -135,20 +143,7 @@ if [ -f "$PLAYER_JS" ] && [ "$(hex_sha256 "$PLAYER_JS")" = "$PLAYER_JS_SHA256" ]
     && [ -f "$PLAYER_CSS" ] && [ "$(hex_sha256 "$PLAYER_CSS")" = "$PLAYER_CSS_SHA256" ]; then
     say "rrweb-player $PLAYER_VERSION already vendored"
 else
-    mkdir -p "$NPM_CACHE_DIR"
-    if [ ! -f "$PLAYER_TARBALL" ] || [ "$(sri_sha512 "$PLAYER_TARBALL")" != "$PLAYER_TARBALL_INTEGRITY" ]; then
-        need_npm
-        say "fetching $PLAYER_PACKAGE@$PLAYER_VERSION with npm pack"
-        rm -f "$PLAYER_TARBALL"
-        (cd "$NPM_CACHE_DIR" && npm_config_update_notifier=false npm pack --silent \
-            "$PLAYER_PACKAGE@$PLAYER_VERSION" >/dev/null)
-        [ -f "$PLAYER_TARBALL" ] || die "npm pack did not produce $PLAYER_TARBALL"
-        actual="$(sri_sha512 "$PLAYER_TARBALL")"
-        if [ "$actual" != "$PLAYER_TARBALL_INTEGRITY" ]; then
-            rm -f "$PLAYER_TARBALL"
-            die "integrity mismatch for $PLAYER_PACKAGE@$PLAYER_VERSION: got $actual"
-        fi
-    fi
+    fetch_tarball "$PLAYER_PACKAGE" "$PLAYER_VERSION" "$PLAYER_TARBALL" "$PLAYER_TARBALL_INTEGRITY"
     ptmp="$(mktemp -d "$NPM_CACHE_DIR/unpack.XXXXXX")"
     trap 'rm -rf "${tmp:-}" "$ptmp"' EXIT
     tar -xzf "$PLAYER_TARBALL" -C "$ptmp" package/dist/rrweb-player.umd.min.cjs \
