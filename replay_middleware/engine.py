@@ -279,6 +279,18 @@ class ReplayEngine:
             static_sdk=static_sdk,
         )
 
+    def manual_snippet(self, state: RequestState, nonce: str | None) -> str:
+        """The snippet for manual placement (Django template tag, Flask Jinja global; N4).
+
+        Empty when this request's session is not recorded here. Pass the framework's CSP
+        nonce when it has one (Django's/django-csp's ``request.csp_nonce``, flask-talisman's);
+        the adapter then merges the page's CSP with that nonce instead of injecting again
+        (``ResponseRewriter(manual_nonce=...)``).
+        """
+        if not state.context.sampled or not state.context.eligible:
+            return ""
+        return self.render_snippet(state, nonce=nonce, per_user=True)
+
     # -- first-party endpoints -----------------------------------------------------------------
 
     def is_endpoint(self, path: str) -> bool:

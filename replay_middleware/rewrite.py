@@ -38,9 +38,15 @@ _DROP_WHEN_MODIFIED = frozenset(
 class ResponseRewriter:
     """Decides about one response and rewrites its body when it gets the snippet."""
 
-    def __init__(self, engine: ReplayEngine, state: RequestState) -> None:
+    def __init__(
+        self, engine: ReplayEngine, state: RequestState, *, manual_nonce: str | None = None
+    ) -> None:
+        """``manual_nonce``: the page already holds the snippet, rendered by the template tag
+        or Jinja global with this nonce (N4); the response then gets no second snippet, only
+        the CSP merge that lets the manual one run, and the identity cookie."""
         self.engine = engine
         self.state = state
+        self._manual_nonce = manual_nonce
         self.passthrough = True
         self.ready = False
         self.reason: str | None = None
@@ -72,7 +78,10 @@ class ResponseRewriter:
             elif not ctx.sampled:
                 reason = ctx.reason
         if reason is None and config.csp == "merge":
-            self._csp = merge_response_csp(headers, engine.csp_needs, new_nonce())
+            nonce = self._manual_nonce or new_nonce()
+            self._csp = merge_response_csp(
+                headers, engine.csp_needs, nonce, app_nonce=self._manual_nonce
+            )
             if not self._csp.feasible:
                 reason = self._csp.reason or "csp"
                 engine.log_once(
@@ -84,6 +93,13 @@ class ResponseRewriter:
             # Only a session-level "not recorded" keeps the identity cookie (sticky sampling);
             # a page we cannot inject into goes out exactly as the app made it (H2, C2).
             self._finish_passthrough(reason, keep_cookie=reason == ctx.reason)
+            return
+        if self._manual_nonce is not None:
+            merged = list(self._csp.headers) if self._csp is not None else list(headers)
+            self.reason = "manual"
+            self.passthrough = True
+            self.ready = True
+            self.headers = merged + self._extra + self._debug("manual")
             return
         self.passthrough = False
         self._pending = list(self._csp.headers) if self._csp is not None else list(headers)
