@@ -28,7 +28,9 @@ demo: setup
 	  fastapi) \
 	    echo "Open http://127.0.0.1:$(PORT)/"; \
 	    exec $(PY) -m uvicorn examples.fastapi_app.app:app --host 127.0.0.1 --port $(PORT) ;; \
-	  *) echo "make demo: unknown APP=$(APP) (known: fastapi)" >&2; exit 2 ;; \
+	  flask) \
+	    exec $(PY) -m examples.flask_app $(PORT) ;; \
+	  *) echo "make demo: unknown APP=$(APP) (known: fastapi, flask)" >&2; exit 2 ;; \
 	esac
 
 bench: setup

@@ -3,7 +3,8 @@
 Writes BENCHMARKS.md. Every variant is an ASGI app called in-process (no sockets, no server) with
 a hand-built scope; rounds of all variants are interleaved so drift on a shared machine hits
 them alike, and the median round is reported. Ratios are the figures to quote; absolute
-microseconds move with the machine.
+microseconds move with the machine. Then appends the upload proxy's section (benchmarks/proxy.py:
+real sockets on 127.0.0.1; added latency, throughput and memory of the proxy).
 
     python benchmarks/run.py [--rounds 15] [--requests 2000]
 """
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from proxy import upload_proxy_section  # benchmarks/proxy.py (this script's folder)
 from starlette.middleware.gzip import GZipMiddleware
 
 from replay_middleware import ReplayConfig, ReplayMiddleware
@@ -186,6 +188,11 @@ def main() -> None:
     ]
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
+    # The upload proxy over real sockets (benchmarks/proxy.py), appended as its own section.
+    section = upload_proxy_section()
+    with Path(args.output).open("a") as out:
+        out.write("\n" + section)
+    print("\n" + section)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from .context import current_replay, get_replay_properties
 from .decision import ReplayContext
 from .request import RequestInfo
 from .sampling import is_session_in_sample
+from .wsgi import ReplayWSGIMiddleware
 
 __all__ = [
     "ReplayConfig",
     "ReplayContext",
     "ReplayMiddleware",
+    "ReplayWSGIMiddleware",
     "RequestInfo",
     "current_replay",
     "get_replay_properties",

@@ -39,14 +39,24 @@ class ResponseRewriter:
     """Decides about one response and rewrites its body when it gets the snippet."""
 
     def __init__(
-        self, engine: ReplayEngine, state: RequestState, *, manual_nonce: str | None = None
+        self,
+        engine: ReplayEngine,
+        state: RequestState,
+        *,
+        manual_nonce: str | None = None,
+        app_nonce: str | None = None,
     ) -> None:
         """``manual_nonce``: the page already holds the snippet, rendered by the template tag
         or Jinja global with this nonce (N4); the response then gets no second snippet, only
-        the CSP merge that lets the manual one run, and the identity cookie."""
+        the CSP merge that lets the manual one run, and the identity cookie.
+
+        ``app_nonce``: a nonce a framework adapter saw the app generate for this response
+        (Django's / django-csp's ``request.csp_nonce``); the injected snippet reuses it only
+        when every policy that needs a nonce already carries it (N2), else ours is added."""
         self.engine = engine
         self.state = state
         self._manual_nonce = manual_nonce
+        self._app_nonce = app_nonce
         self.passthrough = True
         self.ready = False
         self.reason: str | None = None
@@ -80,7 +90,10 @@ class ResponseRewriter:
         if reason is None and config.csp == "merge":
             nonce = self._manual_nonce or new_nonce()
             self._csp = merge_response_csp(
-                headers, engine.csp_needs, nonce, app_nonce=self._manual_nonce
+                headers,
+                engine.csp_needs,
+                nonce,
+                app_nonce=self._manual_nonce or self._app_nonce,
             )
             if not self._csp.feasible:
                 reason = self._csp.reason or "csp"

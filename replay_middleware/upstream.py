@@ -1,8 +1,12 @@
-"""AsyncUploadProxy: the ASGI-side I/O of the first-party upload proxy (SPEC P4, P5, P7).
+"""AsyncUploadProxy and UploadProxy: the I/O of the first-party upload proxy (SPEC P4, P5, P7).
 
-Every rule lives in the sans-IO ``proxy`` module; this class only moves bytes between ASGI
-``receive``/``send`` and one pooled ``httpx.AsyncClient`` (STYLE 12: a sync twin for WSGI will
-share the same helpers). Use one instance per middleware and close it on lifespan shutdown::
+Every rule lives in the sans-IO ``proxy`` module; these classes only move bytes between the
+client and one pooled httpx client (STYLE 12: the async and the sync twin share ``_ProxyCore``
+and the pure helpers; only the transport calls are written twice). ``AsyncUploadProxy`` speaks
+ASGI ``receive``/``send`` (``handle_track``/``handle_config``) and a framework-neutral stream
+form (``track_stream``, for Django under ASGI); ``UploadProxy`` is the sync twin for WSGI and
+Django (``track``/``config`` returning a :class:`ProxyReply`). Use one instance per middleware
+and close it on shutdown::
 
     proxy = AsyncUploadProxy(config)
     await proxy.handle_track(request_info, receive, send)          # POST {prefix}/track
@@ -36,8 +40,17 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import logging
+import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    MutableMapping,
+)
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -47,6 +60,7 @@ from .proxy import (
     DEFAULT_UPSTREAMS,
     MAX_CONFIG_BYTES,
     Breaker,
+    ConfigEntry,
     ConfigPlan,
     ConfigSlot,
     KeyMap,
@@ -61,6 +75,7 @@ from .proxy import (
     config_is_fresh,
     config_reply,
     config_should_fetch,
+    error_response,
     fault_response,
     filter_response_headers,
     key_id,
@@ -81,7 +96,14 @@ if TYPE_CHECKING:
     from .config import ReplayConfig
     from .request import RequestInfo
 
-__all__ = ["AsyncUploadProxy", "NullCookieJar", "ResponseAborted"]
+__all__ = [
+    "AsyncProxyReply",
+    "AsyncUploadProxy",
+    "NullCookieJar",
+    "ProxyReply",
+    "ResponseAborted",
+    "UploadProxy",
+]
 
 logger = logging.getLogger("replay_middleware.proxy")
 
@@ -270,7 +292,149 @@ async def _send_response(send: Send, response: ProxyResponse) -> None:
     await send({"type": "http.response.body", "body": response.body, "more_body": False})
 
 
-class AsyncUploadProxy:
+class _ProxyCore:
+    """What the sync and async proxies share (STYLE 12): configuration, key map, timeouts,
+    breakers and the config cache. No I/O here; each twin writes only its transport calls."""
+
+    def __init__(
+        self,
+        config: ReplayConfig,
+        *,
+        keys: KeyMap | None,
+        upstreams: Upstreams,
+        limits: httpx.Limits | None,
+        connect_timeout: float,
+        pool_timeout: float,
+        config_timeout: float,
+        config_failure_backoff: float,
+        breaker_threshold: int,
+        breaker_open_for: float,
+        clock: Callable[[], float],
+    ) -> None:
+        import httpx
+
+        self.replay_config = config
+        self.keys = keys if keys is not None else KeyMap.from_config(config)
+        self.upstreams = upstreams
+        _HTTPX_LOG_FILTER.add(upstreams)
+        httpx_logger = logging.getLogger("httpx")
+        if _HTTPX_LOG_FILTER not in httpx_logger.filters:
+            httpx_logger.addFilter(_HTTPX_LOG_FILTER)
+        self.trusted = TrustedProxies.parse(config.trusted_proxies)
+        self._limits = limits or httpx.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0
+        )
+        budget = config.upstream_timeout
+        # Per-operation limits; the whole exchange is also capped at `budget` (P5).
+        self._track_timeout = httpx.Timeout(
+            connect=min(connect_timeout, budget), read=budget, write=budget, pool=pool_timeout
+        ).as_dict()
+        self._config_timeout = config_timeout
+        self._config_timeouts = httpx.Timeout(
+            config_timeout, pool=min(pool_timeout, config_timeout)
+        ).as_dict()
+        self._failure_backoff = config_failure_backoff
+        self._clock = clock
+        self._breakers: dict[str, Breaker] = {
+            zone: Breaker(breaker_threshold, breaker_open_for) for zone in ("US", "EU")
+        }
+        self._config: dict[tuple[str, str], ConfigSlot] = {}
+        self._failing: set[tuple[str, str]] = set()
+        self._in_flight = 0
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Upload exchanges currently holding (or waiting for) an upstream connection."""
+        return self._in_flight
+
+    def _plan_track(self, request: RequestInfo) -> TrackPlan | Rejection:
+        return plan_track(
+            request,
+            keys=self.keys,
+            upstreams=self.upstreams,
+            trusted=self.trusted,
+            ip_mode=self.replay_config.forward_client_ip,
+            max_upload_bytes=self.replay_config.max_upload_bytes,
+            user_agent=USER_AGENT,
+        )
+
+    def _record_breaker(self, zone: str, ok: bool | None) -> None:
+        if ok is not None:
+            self._breakers[zone] = self._breakers[zone].record(ok, self._clock())
+
+    def _background_plan(self, key: str | None) -> ConfigPlan | None:
+        """The config plan for ``key`` (default: the configured key), None if unknown."""
+        matched = self.keys.match(key if key is not None else self.keys.primary)
+        if matched is None:
+            return None
+        cfg_key, zone = matched
+        return ConfigPlan(
+            url=self.upstreams.config_url(zone, cfg_key),
+            key=cfg_key,
+            zone=zone,
+            key_id=key_id(cfg_key),
+            head=False,
+        )
+
+    def _cached_sampling(self, plan: ConfigPlan, now: float) -> RemoteSampling | None:
+        slot = self._config.get((plan.key, plan.zone))
+        entry = slot.entry if slot else None
+        if entry is None or not config_is_fresh(slot, now, CONFIG_STALE_IF_ERROR):
+            return None
+        return entry.sampling
+
+    def _wants_background_fetch(self, plan: ConfigPlan, now: float) -> bool:
+        every = max(self.replay_config.config_cache_ttl, MIN_BACKGROUND_REFRESH)
+        return not self._closed and config_should_fetch(
+            self._config.get((plan.key, plan.zone)), now, every, self._failure_backoff
+        )
+
+    def _config_answer(self, plan: ConfigPlan, asked_at: float, log: _Log) -> ProxyResponse:
+        """The config response once any fetch for this request is over."""
+        slot = self._config.get((plan.key, plan.zone))
+        just_fetched = bool(slot and slot.entry and slot.entry.fetched_at >= asked_at)
+        response, source = config_reply(
+            slot,
+            self._clock(),
+            ttl=self.replay_config.config_cache_ttl,
+            head=plan.head,
+            just_fetched=just_fetched,
+        )
+        log.status, log.bytes_out = response.status, len(response.body)
+        log.reason = "ok" if source == "fresh" else f"config_{source}"
+        return response
+
+    def _store_config(
+        self, plan: ConfigPlan, entry: ConfigEntry | None, status: int | None, reason: str
+    ) -> None:
+        """Record the outcome of a config fetch: the new entry, or a failure that keeps the
+        last good copy (stale-if-error) and is logged once per outage."""
+        slot_key = (plan.key, plan.zone)
+        previous = self._config.get(slot_key)
+        if entry is not None:
+            self._config[slot_key] = ConfigSlot(entry=entry)
+            if slot_key in self._failing:
+                self._failing.discard(slot_key)
+                logger.info("replay proxy: remote config for %s fetched again", plan.key_id)
+            return
+        self._config[slot_key] = ConfigSlot(
+            entry=previous.entry if previous else None, failed_at=self._clock()
+        )
+        # Logged once per outage; the per-request lines show the rest.
+        level = logging.DEBUG if slot_key in self._failing else logging.WARNING
+        self._failing.add(slot_key)
+        logger.log(
+            level,
+            "replay proxy: remote config fetch failed (%s, upstream=%s, key=%s); serving %s",
+            reason,
+            status if status is not None else "-",
+            plan.key_id,
+            "the last good copy" if previous and previous.entry else "the fallback config",
+        )
+
+
+class AsyncUploadProxy(_ProxyCore):
     """Forwards the SDK's uploads and config fetches to Amplitude, for ASGI apps.
 
     ``config`` gives the key, zone, ``upstream_timeout``, ``max_upload_bytes``,
@@ -301,14 +465,6 @@ class AsyncUploadProxy:
     ) -> None:
         import httpx
 
-        self.config = config
-        self.keys = keys if keys is not None else KeyMap.from_config(config)
-        self.upstreams = upstreams
-        _HTTPX_LOG_FILTER.add(upstreams)
-        httpx_logger = logging.getLogger("httpx")
-        if _HTTPX_LOG_FILTER not in httpx_logger.filters:
-            httpx_logger.addFilter(_HTTPX_LOG_FILTER)
-        self.trusted = TrustedProxies.parse(config.trusted_proxies)
         injected: Any = config.http_client
         if client is None and transport is None and injected is not None:
             if isinstance(injected, httpx.AsyncClient):
@@ -320,32 +476,29 @@ class AsyncUploadProxy:
                     "ReplayConfig: http_client must be an httpx.AsyncClient or an "
                     f"httpx.AsyncBaseTransport for the ASGI middleware (got {type(injected)!r})"
                 )
+        super().__init__(
+            config,
+            keys=keys,
+            upstreams=upstreams,
+            limits=limits,
+            connect_timeout=connect_timeout,
+            pool_timeout=pool_timeout,
+            config_timeout=config_timeout,
+            config_failure_backoff=config_failure_backoff,
+            breaker_threshold=breaker_threshold,
+            breaker_open_for=breaker_open_for,
+            clock=clock,
+        )
         self._client: httpx.AsyncClient | None = client
         self._transport = transport
         self._owns_client = client is None and transport is None
-        self._limits = limits or httpx.Limits(
-            max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0
-        )
-        budget = config.upstream_timeout
-        # Per-operation limits; the whole exchange is also capped at `budget` (P5).
-        self._track_timeout = httpx.Timeout(
-            connect=min(connect_timeout, budget), read=budget, write=budget, pool=pool_timeout
-        ).as_dict()
-        self._config_timeout = config_timeout
-        self._config_timeouts = httpx.Timeout(
-            config_timeout, pool=min(pool_timeout, config_timeout)
-        ).as_dict()
-        self._failure_backoff = config_failure_backoff
-        self._clock = clock
-        self._breakers: dict[str, Breaker] = {
-            zone: Breaker(breaker_threshold, breaker_open_for) for zone in ("US", "EU")
-        }
-        self._config: dict[tuple[str, str], ConfigSlot] = {}
         self._flights: dict[tuple[str, str], anyio.Event] = {}
-        self._failing: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._in_flight = 0
-        self._closed = False
+
+    @property
+    def config(self) -> ReplayConfig:
+        """The ``ReplayConfig`` this proxy was built from."""
+        return self.replay_config
 
     # -- client -------------------------------------------------------------------------------
 
@@ -367,11 +520,6 @@ class AsyncUploadProxy:
                 verify=True,  # TLS always verified (notes/proxy.md case 39)
             )
         return self._client
-
-    @property
-    def in_flight(self) -> int:
-        """Upload exchanges currently holding (or waiting for) an upstream connection."""
-        return self._in_flight
 
     async def aclose(self) -> None:
         """Stop background refreshes and close the client if this proxy created it. Call it
@@ -439,6 +587,42 @@ class AsyncUploadProxy:
             log.bytes_in = upload.counter.total
         if upload.aborted:
             raise ResponseAborted(log.reason)
+
+    async def track_stream(
+        self, request: RequestInfo, body: AsyncIterator[bytes]
+    ) -> AsyncProxyReply:
+        """The framework-neutral form of :meth:`handle_track` (Django under ASGI): ``body``
+        yields the request body; the reply streams the upstream response raw. The caller must
+        always ``await reply.aclose()`` (it returns the pool slot and logs the outcome).
+
+        The budget (``upstream_timeout``) covers reading the body and waiting for the upstream
+        answer; the response body is then bounded by the per-read timeout. Cancelling the
+        caller (a client disconnect) cancels the upstream request. Iterating ``reply.body``
+        may raise :class:`ResponseAborted` (the upstream broke mid-response).
+        """
+        log = _Log("track", request.method)
+        plan = self._plan_track(request)
+        if isinstance(plan, Rejection):
+            log.status, log.reason = plan.status, plan.reason
+            log.key = _claimed_key_id(request)
+            return AsyncProxyReply.complete(plan.response(), plan.reason, _async_emit(log))
+        log.key = plan.key_id
+        retry = self._breakers[plan.zone].retry_after(self._clock())
+        if retry is not None:
+            log.status, log.reason = 503, "breaker_open"
+            return AsyncProxyReply.complete(
+                fault_response("breaker_open", retry_after=retry), "breaker_open", _async_emit(log)
+            )
+        self._in_flight += 1
+        upload = _StreamUpload(self, plan, body, log)
+        try:
+            reply: AsyncProxyReply | None = None
+            with anyio.move_on_after(self.config.upstream_timeout):
+                reply = await upload.run()
+            return reply if reply is not None else upload.on_deadline()
+        except BaseException:
+            await upload.release()
+            raise
 
     # -- config -------------------------------------------------------------------------------
 
@@ -581,7 +765,6 @@ class AsyncUploadProxy:
     async def _fetch_config(self, plan: ConfigPlan) -> None:
         import httpx
 
-        slot_key = (plan.key, plan.zone)
         status: int | None = None
         reason = "ok"
         entry = None
@@ -627,27 +810,7 @@ class AsyncUploadProxy:
                 reason = "upstream_error"
         if scope.cancelled_caught:
             reason = "upstream_timeout"
-        previous = self._config.get(slot_key)
-        if entry is not None:
-            self._config[slot_key] = ConfigSlot(entry=entry)
-            if slot_key in self._failing:
-                self._failing.discard(slot_key)
-                logger.info("replay proxy: remote config for %s fetched again", plan.key_id)
-            return
-        self._config[slot_key] = ConfigSlot(
-            entry=previous.entry if previous else None, failed_at=self._clock()
-        )
-        # Logged once per outage; the per-request lines show the rest.
-        level = logging.DEBUG if slot_key in self._failing else logging.WARNING
-        self._failing.add(slot_key)
-        logger.log(
-            level,
-            "replay proxy: remote config fetch failed (%s, upstream=%s, key=%s); serving %s",
-            reason,
-            status if status is not None else "-",
-            plan.key_id,
-            "the last good copy" if previous and previous.entry else "the fallback config",
-        )
+        self._store_config(plan, entry, status, reason)
 
 
 class _Upload:
@@ -897,3 +1060,707 @@ class _Upload:
         else:
             self.upstream_ok = False
             await self.reply(fault_response("upstream_timeout"), "upstream_timeout")
+
+
+# --- the framework-neutral API: sync twin (WSGI, Django) and async streams (Django ASGI) --------
+
+#: Bytes asked of the client's body per read.
+READ_CHUNK: Final = 64 * 1024
+
+
+class _BodyGate:
+    """The checks every upload body passes as it streams (sans-IO, shared by both twins):
+    the cap and the declared length (:class:`UploadCounter`), and the first-bytes sniff."""
+
+    __slots__ = ("complete", "counter", "head")
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        self.counter = UploadCounter(limit, declared)
+        self.head = b""
+        self.complete = False
+
+    def want(self) -> int:
+        """How many bytes to ask for next (0: the declared length is in)."""
+        declared = self.counter.declared
+        if declared is None:
+            return READ_CHUNK
+        return max(0, min(READ_CHUNK, declared - self.counter.total))
+
+    def add(self, chunk: bytes, more: bool) -> None:
+        """Count ``chunk``; raises ``_BodyRejected`` (413 over the cap, 400 on bad length)."""
+        rejection = self.counter.add(len(chunk))
+        if rejection is None and not more:
+            self.complete = True
+            rejection = self.counter.finish()
+        if rejection is not None:
+            raise _BodyRejected(rejection)
+        if len(self.head) < _SNIFF_BYTES:
+            self.head += chunk[: _SNIFF_BYTES - len(self.head)]
+
+    def more_after(self, chunk: bytes) -> bool:
+        """Whether more body follows ``chunk`` (known only with a declared length)."""
+        declared = self.counter.declared
+        if not chunk:
+            return False
+        return declared is None or self.counter.total + len(chunk) < declared
+
+    def verdict(self) -> bool | None:
+        return sniff_body(self.head, self.complete)
+
+
+_UNSUPPORTED: Final = ProxyResponse(
+    415,
+    (("content-type", "application/json"), ("cache-control", "no-store")),
+    b'{"error":"unsupported_payload"}',
+)
+
+
+class ProxyReply:
+    """What :meth:`UploadProxy.track` / :meth:`UploadProxy.config` answer, for any sync
+    framework: ``status``, ``headers`` (lower-case names) and ``body``, an iterator that
+    streams the upstream response raw. ``close()`` releases the upstream response and its pool
+    slot and writes the outcome log line; the caller must always call it (a WSGI iterable's
+    ``close()``, a Django ``StreamingHttpResponse``'s closers). Idempotent.
+
+    Iterating ``body`` may raise :class:`ResponseAborted` when the upstream breaks mid-response:
+    the server must then abort the client connection. ``reason`` is the outcome code of the
+    log line (``ok``, ``too_large``, ``upstream_timeout``, ``client_abort``, ...).
+    """
+
+    __slots__ = ("_closed", "_closer", "body", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: Iterator[bytes],
+        closer: Callable[[], None] | None = None,
+        reason: str = "ok",
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.reason = reason
+        self._closer = closer
+        self._closed = False
+
+    @classmethod
+    def complete(
+        cls, response: ProxyResponse, reason: str, closer: Callable[[], None] | None = None
+    ) -> ProxyReply:
+        return cls(response.status, list(response.headers), iter((response.body,)), closer, reason)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._closer is not None:
+            self._closer()
+
+
+class AsyncProxyReply:
+    """The async form of :class:`ProxyReply` (``body`` an async iterator; ``await aclose()``)."""
+
+    __slots__ = ("_closed", "_closer", "body", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: AsyncIterator[bytes],
+        closer: Callable[[], Awaitable[None]] | None = None,
+        reason: str = "ok",
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.reason = reason
+        self._closer = closer
+        self._closed = False
+
+    @classmethod
+    def complete(
+        cls,
+        response: ProxyResponse,
+        reason: str,
+        closer: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncProxyReply:
+        return cls(response.status, list(response.headers), _single(response.body), closer, reason)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._closer is not None:
+            await self._closer()
+
+
+class _Deadline(Exception):
+    """The total budget ran out while we read the client's body."""
+
+
+def _async_emit(log: _Log) -> Callable[[], Awaitable[None]]:
+    async def emit() -> None:
+        log.emit()
+
+    return emit
+
+
+class UploadProxy(_ProxyCore):
+    """The sync twin of :class:`AsyncUploadProxy`, for WSGI servers and Django (STYLE 12).
+
+    One pooled ``httpx.Client`` (created on first use with the same safe defaults: no
+    redirects, ``trust_env=False``, a cookie jar that stores nothing, explicit limits, TLS
+    verified, HTTP/1.1). ``config.http_client`` may be an ``httpx.Client`` or an
+    ``httpx.BaseTransport``; the keyword arguments are the async twin's. Thread-safe::
+
+        proxy = UploadProxy(config)
+        reply = proxy.track(request_info, read)          # read(n) -> bytes, b"" at the end
+        try:
+            start(reply.status, reply.headers); for chunk in reply.body: ...
+        finally:
+            reply.close()
+        reply = proxy.config(request_info, key)
+        proxy.current_sampling()   # never blocks; refreshes in a daemon thread
+        proxy.close()
+
+    Differences from the async twin, all forced by blocking I/O: a client disconnect is seen
+    when reading its body raises (the upstream request is then aborted) or when the server
+    stops iterating ``reply.body`` and calls ``close()``; the total budget is enforced between
+    reads of the client's body and by httpx's per-operation timeouts (a single blocked read
+    of the client's socket is the server's timeout to enforce).
+    """
+
+    def __init__(
+        self,
+        config: ReplayConfig,
+        *,
+        keys: KeyMap | None = None,
+        upstreams: Upstreams = DEFAULT_UPSTREAMS,
+        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        limits: httpx.Limits | None = None,
+        connect_timeout: float = 2.0,
+        pool_timeout: float = 1.0,
+        config_timeout: float = CONFIG_TIMEOUT,
+        config_failure_backoff: float = CONFIG_FAILURE_BACKOFF,
+        breaker_threshold: int = 5,
+        breaker_open_for: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        import httpx
+
+        injected: Any = config.http_client
+        if client is None and transport is None and injected is not None:
+            if isinstance(injected, httpx.Client):
+                client = injected
+            elif isinstance(injected, httpx.BaseTransport):
+                transport = injected
+            else:
+                raise ValueError(
+                    "ReplayConfig: http_client must be an httpx.Client or an "
+                    f"httpx.BaseTransport for the WSGI middleware (got {type(injected)!r})"
+                )
+        super().__init__(
+            config,
+            keys=keys,
+            upstreams=upstreams,
+            limits=limits,
+            connect_timeout=connect_timeout,
+            pool_timeout=pool_timeout,
+            config_timeout=config_timeout,
+            config_failure_backoff=config_failure_backoff,
+            breaker_threshold=breaker_threshold,
+            breaker_open_for=breaker_open_for,
+            clock=clock,
+        )
+        self._client: httpx.Client | None = client
+        self._transport = transport
+        self._owns_client = client is None and transport is None
+        self._lock = threading.Lock()
+        self._flights: dict[tuple[str, str], threading.Event] = {}
+        self._threads: set[threading.Thread] = set()
+
+    # -- client -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.Client:
+        """The pooled client, created on first use with safe defaults (P7)."""
+        if self._client is None:
+            import httpx
+
+            with self._lock:
+                if self._client is None:
+                    self._client = httpx.Client(
+                        transport=self._transport,
+                        follow_redirects=False,
+                        trust_env=False,
+                        cookies=NullCookieJar(),
+                        limits=self._limits,
+                        timeout=httpx.Timeout(**self._track_timeout),
+                        http1=True,
+                        http2=False,
+                        verify=True,
+                    )
+        return self._client
+
+    def close(self) -> None:
+        """Stop scheduling refreshes, wait briefly for those in flight, and close the client
+        if this proxy created it. Idempotent."""
+        self._closed = True
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(self._config_timeout + 0.5)
+        if self._client is not None and self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> UploadProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _adjust(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    def track(self, request: RequestInfo, body: Callable[[int], bytes]) -> ProxyReply:
+        """Answer ``POST {prefix}/track``: check, then stream the upload to the key's zone.
+
+        ``body(n)`` reads up to ``n`` bytes of the request body, ``b""`` at its end (WSGI's
+        ``wsgi.input.read``, Django's ``request.read``); it is called only while the declared
+        length (if any) is not in, so it never blocks past the body. Never raises for client or
+        upstream faults: those become statuses the SDK understands.
+        """
+        log = _Log("track", request.method)
+        plan = self._plan_track(request)
+        if isinstance(plan, Rejection):
+            log.status, log.reason = plan.status, plan.reason
+            log.key = _claimed_key_id(request)
+            return ProxyReply.complete(plan.response(), plan.reason, log.emit)
+        log.key = plan.key_id
+        retry = self._breakers[plan.zone].retry_after(self._clock())
+        if retry is not None:
+            log.status, log.reason = 503, "breaker_open"
+            return ProxyReply.complete(
+                fault_response("breaker_open", retry_after=retry), "breaker_open", log.emit
+            )
+        self._adjust(1)
+        exchange = _SyncUpload(self, plan, body, log)
+        try:
+            return exchange.run()
+        except BaseException:
+            exchange.release()
+            raise
+
+    # -- config -------------------------------------------------------------------------------
+
+    def config(self, request: RequestInfo, key: str) -> ProxyReply:
+        """Answer ``GET/HEAD {prefix}/config/<key>`` within about a second: the cache, the
+        upstream (≤ ``config_timeout``), the stale copy or the fallback, in that order."""
+        log = _Log("config", request.method)
+        plan = plan_config(request, key, keys=self.keys, upstreams=self.upstreams)
+        if isinstance(plan, Rejection):
+            log.status, log.reason = plan.status, plan.reason
+            log.key = key_id(key) if plan.status == 403 else "-"
+            return ProxyReply.complete(plan.response(), plan.reason, log.emit)
+        log.key = plan.key_id
+        asked_at = self._clock()
+        if config_should_fetch(
+            self._config.get((plan.key, plan.zone)),
+            asked_at,
+            self.replay_config.config_cache_ttl,
+            self._failure_backoff,
+        ):
+            self._config_flight(plan, wait=True)
+        response = self._config_answer(plan, asked_at, log)
+        return ProxyReply.complete(response, log.reason, log.emit)
+
+    def current_sampling(self, key: str | None = None) -> RemoteSampling | None:
+        """The remote sampling settings of ``key`` from the cache (None: use the local rate).
+
+        Never blocks: when the copy is older than ``max(config_cache_ttl, 5 s)`` one refresh
+        runs in a daemon thread (at most one in flight per key).
+        """
+        plan = self._background_plan(key)
+        if plan is None:
+            return None
+        now = self._clock()
+        if (plan.key, plan.zone) not in self._flights and self._wants_background_fetch(plan, now):
+            self._config_flight(plan, wait=False)
+        return self._cached_sampling(plan, now)
+
+    def refresh_config(self, key: str | None = None) -> RemoteSampling | None:
+        """Fetch the remote config now (bounded by ``config_timeout``) and return its
+        sampling; to warm the cache at start-up, and for tests."""
+        plan = self._background_plan(key)
+        if plan is None:
+            return None
+        self._config_flight(plan, wait=True)
+        slot = self._config.get((plan.key, plan.zone))
+        return slot.entry.sampling if slot and slot.entry else None
+
+    def _config_flight(self, plan: ConfigPlan, *, wait: bool) -> None:
+        """Join or start the one fetch in flight for this (key, zone). A waiting caller runs
+        a new fetch itself (its thread is blocked anyway); otherwise a daemon thread does."""
+        slot_key = (plan.key, plan.zone)
+        with self._lock:
+            done = self._flights.get(slot_key)
+            mine = done is None
+            if done is None:
+                done = self._flights[slot_key] = threading.Event()
+        if not mine:
+            if wait:
+                done.wait(self._config_timeout + 0.05)
+            return
+        if wait:
+            self._run_flight(plan, done)
+            return
+        if self._closed:
+            self._finish_flight(plan, done)
+            return
+        thread = threading.Thread(
+            target=self._run_flight,
+            args=(plan, done),
+            name="replay-middleware-config",
+            daemon=True,
+        )
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _run_flight(self, plan: ConfigPlan, done: threading.Event) -> None:
+        try:
+            self._fetch_config(plan)
+        finally:
+            self._finish_flight(plan, done)
+
+    def _finish_flight(self, plan: ConfigPlan, done: threading.Event) -> None:
+        slot_key = (plan.key, plan.zone)
+        with self._lock:
+            if self._flights.get(slot_key) is done:
+                del self._flights[slot_key]
+            self._threads.discard(threading.current_thread())
+        done.set()
+
+    def _fetch_config(self, plan: ConfigPlan) -> None:
+        import httpx
+
+        status: int | None = None
+        reason = "ok"
+        entry = None
+        deadline = time.monotonic() + self._config_timeout
+        try:
+            request = httpx.Request(
+                "GET",
+                plan.url,
+                headers=[
+                    ("accept", "*/*"),
+                    ("accept-encoding", "identity"),
+                    ("user-agent", USER_AGENT),
+                ],
+                extensions={"timeout": self._config_timeouts},
+            )
+            response = self.client.send(request, stream=True, follow_redirects=False, auth=None)
+            try:
+                status = response.status_code
+                body = b""
+                if status == 200:
+                    chunks: list[bytes] = []
+                    size = 0
+                    for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        if size > MAX_CONFIG_BYTES or time.monotonic() > deadline:
+                            raise _Deadline if size <= MAX_CONFIG_BYTES else _TooBig
+                        chunks.append(chunk)
+                    body = b"".join(chunks)
+            finally:
+                response.close()
+            entry = config_entry(
+                status, response.headers.get("content-type", ""), body, self._clock()
+            )
+            if entry is None:
+                reason = f"upstream_status_{status}" if status != 200 else "upstream_bad_body"
+        except _Deadline:
+            reason = "upstream_timeout"
+        except _TooBig:
+            reason = "upstream_bad_body"
+        except httpx.HTTPError as exc:
+            reason = _fault_kind(exc)
+        except Exception:
+            if self._closed:
+                return  # the client was closed under a background refresh: nothing to report
+            logger.exception("replay proxy: config fetch failed unexpectedly")
+            reason = "upstream_error"
+        self._store_config(plan, entry, status, reason)
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _SyncUpload:
+    """One sync upload in flight; all per-request state lives here (STYLE 5)."""
+
+    def __init__(
+        self, proxy: UploadProxy, plan: TrackPlan, read: Callable[[int], bytes], log: _Log
+    ) -> None:
+        self.proxy = proxy
+        self.plan = plan
+        self.read = read
+        self.log = log
+        self.gate = _BodyGate(proxy.replay_config.max_upload_bytes, plan.content_length)
+        self.deadline = time.monotonic() + proxy.replay_config.upstream_timeout
+        self.prefetched: list[bytes] = []
+        self.upstream_ok: bool | None = None
+        self.response: httpx.Response | None = None
+        self._released = False
+
+    def release(self) -> None:
+        """Return the pool slot, feed the breaker and log the outcome; once."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            if self.response is not None:
+                self.response.close()
+        finally:
+            proxy = self.proxy
+            with proxy._lock:
+                proxy._in_flight -= 1
+                proxy._record_breaker(self.plan.zone, self.upstream_ok)
+            self.log.bytes_in = self.gate.counter.total
+            self.log.emit()
+
+    def _answer(self, response: ProxyResponse, reason: str) -> ProxyReply:
+        self.log.status, self.log.reason = response.status, reason
+        return ProxyReply.complete(response, reason, self.release)
+
+    def _next(self) -> bytes:
+        """The next chunk of the client's body (counted and checked), b"" at its end."""
+        if time.monotonic() > self.deadline:
+            raise _Deadline
+        want = self.gate.want()
+        if want == 0:
+            self.gate.add(b"", False)
+            return b""
+        try:
+            chunk = self.read(want)
+        except Exception as exc:
+            raise _ClientGone from exc
+        self.gate.add(chunk, self.gate.more_after(chunk))
+        return chunk
+
+    def _body(self) -> Iterator[bytes]:
+        yield from self.prefetched
+        self.prefetched = []
+        while not self.gate.complete:
+            chunk = self._next()
+            if chunk:
+                yield chunk
+
+    def run(self) -> ProxyReply:
+        import httpx
+
+        try:
+            verdict = self.gate.verdict()
+            while verdict is None:
+                chunk = self._next()
+                if chunk:
+                    self.prefetched.append(chunk)
+                verdict = self.gate.verdict()
+            if not verdict:
+                return self._answer(_UNSUPPORTED, "unsupported_payload")
+            request = httpx.Request(
+                "POST",
+                self.plan.url,
+                headers=list(self.plan.headers),
+                content=self._body(),
+                extensions={"timeout": self.proxy._track_timeout},
+            )
+            self.response = self.proxy.client.send(
+                request, stream=True, follow_redirects=False, auth=None
+            )
+        except _ClientGone:
+            return self._answer(error_response(400, "client_abort"), "client_abort")
+        except _BodyRejected as exc:
+            return self._answer(exc.rejection.response(), exc.rejection.reason)
+        except _Deadline:
+            return self._answer(fault_response("client_timeout"), "client_timeout")
+        except httpx.HTTPError as exc:
+            kind = _fault_kind(exc)
+            if kind != "pool_exhausted":
+                self.upstream_ok = False
+            return self._answer(fault_response(kind), kind)
+        except Exception:
+            logger.exception("replay proxy: upload exchange failed unexpectedly")
+            return self._answer(fault_response("upstream_error"), "proxy_error")
+        return self._relay(self.response)
+
+    def _relay(self, response: httpx.Response) -> ProxyReply:
+        status = response.status_code
+        self.log.upstream = status
+        if upstream_status_is_redirect(status):
+            self.upstream_ok = False
+            return self._answer(fault_response("upstream_redirect"), "upstream_redirect")
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
+        preread = response.is_stream_consumed
+        headers = filter_response_headers(raw, raw=not preread)
+        self.log.status = status
+        if status >= 400:
+            self.log.reason = f"upstream_{status}" if status >= 500 else "upstream_rejected"
+        return ProxyReply(status, headers, self._stream(response, preread), self.release)
+
+    def _stream(self, response: httpx.Response, preread: bool) -> Iterator[bytes]:
+        import httpx
+
+        try:
+            chunks = iter((response.content,)) if preread else response.iter_raw()
+            for chunk in chunks:
+                if chunk:
+                    self.log.bytes_out += len(chunk)
+                    yield chunk
+        except httpx.HTTPError as exc:
+            # Mid-response: no fabricated success (case 38); the server aborts the client.
+            self.upstream_ok = False
+            self.log.reason = _fault_kind(exc)
+            raise ResponseAborted(self.log.reason) from exc
+        self.upstream_ok = response.status_code < 500
+
+
+class _StreamUpload:
+    """One upload of :meth:`AsyncUploadProxy.track_stream` (the body an async iterator)."""
+
+    def __init__(
+        self, proxy: AsyncUploadProxy, plan: TrackPlan, body: AsyncIterator[bytes], log: _Log
+    ) -> None:
+        self.proxy = proxy
+        self.plan = plan
+        self.source = body
+        self.log = log
+        self.gate = _BodyGate(proxy.replay_config.max_upload_bytes, plan.content_length)
+        self.prefetched: list[bytes] = []
+        self.waiting_client = False
+        self.upstream_ok: bool | None = None
+        self.response: httpx.Response | None = None
+        self._released = False
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            if self.response is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.response.aclose()
+        finally:
+            self.proxy._in_flight -= 1
+            self.proxy._record_breaker(self.plan.zone, self.upstream_ok)
+            self.log.bytes_in = self.gate.counter.total
+            self.log.emit()
+
+    def answer(self, response: ProxyResponse, reason: str) -> AsyncProxyReply:
+        self.log.status, self.log.reason = response.status, reason
+        return AsyncProxyReply.complete(response, reason, self.release)
+
+    async def _next(self) -> bytes:
+        if self.gate.complete:
+            return b""
+        self.waiting_client = True
+        try:
+            chunk = await self.source.__anext__()
+        except StopAsyncIteration:
+            chunk = b""
+        except Exception as exc:
+            raise _ClientGone from exc
+        finally:
+            self.waiting_client = False
+        self.gate.add(chunk, bool(chunk))
+        return chunk
+
+    async def _body(self) -> AsyncGenerator[bytes, None]:
+        while self.prefetched:
+            yield self.prefetched.pop(0)
+        while not self.gate.complete:
+            chunk = await self._next()
+            if chunk:
+                yield chunk
+
+    async def run(self) -> AsyncProxyReply:
+        import httpx
+
+        try:
+            verdict = self.gate.verdict()
+            while verdict is None:
+                chunk = await self._next()
+                if chunk:
+                    self.prefetched.append(chunk)
+                verdict = self.gate.verdict()
+            if not verdict:
+                return self.answer(_UNSUPPORTED, "unsupported_payload")
+            body = self._body()
+            request = httpx.Request(
+                "POST",
+                self.plan.url,
+                headers=list(self.plan.headers),
+                content=body,
+                extensions={"timeout": self.proxy._track_timeout},
+            )
+            try:
+                self.response = await self.proxy.client.send(
+                    request, stream=True, follow_redirects=False, auth=None
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await body.aclose()
+        except _ClientGone:
+            return self.answer(error_response(400, "client_abort"), "client_abort")
+        except _BodyRejected as exc:
+            return self.answer(exc.rejection.response(), exc.rejection.reason)
+        except httpx.HTTPError as exc:
+            kind = _fault_kind(exc)
+            if kind != "pool_exhausted":
+                self.upstream_ok = False
+            return self.answer(fault_response(kind), kind)
+        except Exception:
+            logger.exception("replay proxy: upload exchange failed unexpectedly")
+            return self.answer(fault_response("upstream_error"), "proxy_error")
+        return self._relay(self.response)
+
+    def on_deadline(self) -> AsyncProxyReply:
+        if self.waiting_client:
+            return self.answer(fault_response("client_timeout"), "client_timeout")
+        self.upstream_ok = False
+        return self.answer(fault_response("upstream_timeout"), "upstream_timeout")
+
+    def _relay(self, response: httpx.Response) -> AsyncProxyReply:
+        status = response.status_code
+        self.log.upstream = status
+        if upstream_status_is_redirect(status):
+            self.upstream_ok = False
+            return self.answer(fault_response("upstream_redirect"), "upstream_redirect")
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
+        preread = response.is_stream_consumed
+        headers = filter_response_headers(raw, raw=not preread)
+        self.log.status = status
+        if status >= 400:
+            self.log.reason = f"upstream_{status}" if status >= 500 else "upstream_rejected"
+        return AsyncProxyReply(status, headers, self._stream(response, preread), self.release)
+
+    async def _stream(self, response: httpx.Response, preread: bool) -> AsyncGenerator[bytes, None]:
+        import httpx
+
+        try:
+            chunks = _single(response.content) if preread else response.aiter_raw()
+            async for chunk in chunks:
+                if chunk:
+                    self.log.bytes_out += len(chunk)
+                    yield chunk
+        except httpx.HTTPError as exc:
+            self.upstream_ok = False
+            self.log.reason = _fault_kind(exc)
+            raise ResponseAborted(self.log.reason) from exc
+        self.upstream_ok = response.status_code < 500

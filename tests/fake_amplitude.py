@@ -170,7 +170,16 @@ def _route(path: str) -> tuple[str, str]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close() joins the handler threads
+    # socketserver's default backlog of 5 resets bursts of new connections (32 clients).
+    request_queue_size = 128
     fake: FakeAmplitude
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # The handler writes a reply's head and body in two send()s; with Nagle on, the body
+        # waits for the client's delayed ACK (~40 ms on Linux). Real servers set TCP_NODELAY.
+        conn, addr = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, addr
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), which can wait on DNS.

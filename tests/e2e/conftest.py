@@ -88,7 +88,9 @@ class _ThreadedServer:
     """uvicorn on a socket we bound ourselves (so the port is known before it starts)."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets it sees as TCP, and
+        # without it every response waits ~40 ms for a delayed ACK.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -157,3 +159,60 @@ def csp_violations() -> Callable[[Page], list[dict[str, Any]]]:
         return list(page.evaluate("() => window.__cspViolations || []"))
 
     return read
+
+
+# -- WSGI apps: werkzeug's threaded server ------------------------------------------------------
+
+
+class _ThreadedWSGIServer:
+    """werkzeug's ``make_server`` on port 0 (bound before it starts), in a thread."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self) -> str:
+        # make_server already listens: connections queue until the loop picks them up.
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            # serve_forever checks the flag every poll_interval, so this returns promptly.
+            self.server.shutdown()
+        self.thread.join(SERVER_WAIT_S)
+        self.server.server_close()
+        if self.thread.is_alive():
+            raise RuntimeError("werkzeug did not stop")
+
+
+def _replay_middlewares(app: Any) -> list[Any]:
+    """The replay middlewares an app holds: itself, or a Flask app's extension's."""
+    if hasattr(app, "engine") and hasattr(app, "close"):
+        return [app]
+    extensions = getattr(app, "extensions", {})
+    replay = extensions.get("replay_middleware")
+    return [] if replay is None else [replay.middleware_for(app)]
+
+
+@pytest.fixture
+def live_wsgi_server() -> Iterator[Callable[[Callable[..., Any]], str]]:
+    """Factory: ``base_url = live_wsgi_server(app)`` for a WSGI app (a Flask app, or a
+    ``ReplayWSGIMiddleware``) served by werkzeug on 127.0.0.1; at teardown every server is
+    stopped and the app's replay middleware closed (its local store, its HTTP client)."""
+    started: list[tuple[_ThreadedWSGIServer, Any]] = []
+
+    def serve(app: Callable[..., Any]) -> str:
+        server = _ThreadedWSGIServer(app)
+        started.append((server, app))
+        return server.start()
+
+    yield serve
+    for server, app in started:
+        server.stop()
+        for middleware in _replay_middlewares(app):
+            middleware.close()

@@ -1,0 +1,57 @@
+"""Settings of the Django example: replay-middleware in local mode, every session recorded.
+
+The ``REPLAY_MIDDLEWARE`` dict is read once when Django builds the middleware; its keys are
+``ReplayConfig`` options. ``REPLAY_*`` environment variables override it here (the example
+only; a project writes its settings as it likes). No database: the example has no models.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+DEBUG = False
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(32)
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+ROOT_URLCONF = "examples.django_app.urls"
+WSGI_APPLICATION = "examples.django_app.wsgi.application"
+DATABASES: dict[str, object] = {}
+USE_TZ = True
+
+INSTALLED_APPS = [
+    "replay_middleware",  # the {% replay_snippet %} tag and the system checks
+]
+
+MIDDLEWARE = [
+    "django.middleware.gzip.GZipMiddleware",  # compresses what we produce: listed before us
+    "django.middleware.security.SecurityMiddleware",
+    "replay_middleware.django.ReplayMiddleware",
+    "csp.middleware.CSPMiddleware",  # sets the CSP header we merge into: listed after us
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": False,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.csrf",
+            ]
+        },
+    }
+]
+
+# django-csp 4: no site-wide policy; the two CSP pages set theirs with @csp(...).
+CONTENT_SECURITY_POLICY = None
+
+# Local mode (no api_key), every session recorded, the billing area excluded. String values
+# are coerced like REPLAY_* environment variables, which override these (the example only).
+REPLAY_MIDDLEWARE: dict[str, object] = {
+    "sample_rate": 1.0,
+    "exclude": ["/account/billing"],
+    **{k[len("REPLAY_") :].lower(): v for k, v in os.environ.items() if k.startswith("REPLAY_")},
+}

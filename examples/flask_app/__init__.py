@@ -1,0 +1,1 @@
+"""The Flask example app: ``make demo APP=flask`` serves it in local mode."""

@@ -1,0 +1,358 @@
+"""The Flask extension, driven with Flask's own test client (STYLE 19)."""
+
+from __future__ import annotations
+
+import gc
+import re
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, Response, jsonify, render_template_string, request
+from flask_talisman import Talisman  # type: ignore[import-untyped]
+
+from examples.flask_app.app import create_app as create_example
+from replay_middleware import ReplayConfig, current_replay
+from replay_middleware.flask import SessionReplay
+
+DATA_BLOCK = '<script type="application/json" id="replay-middleware-config">'
+PAGE = "<!DOCTYPE html><html><head><title>t</title>{head}</head><body><p>hi</p></body></html>"
+MANUAL = "{{ replay_snippet() }}"
+STRICT = {"default-src": "'self'", "script-src": "'strict-dynamic'"}
+
+AppFactory = Callable[..., Flask]
+
+
+def tag_nonce(html: str) -> str:
+    [nonce] = re.findall(r'nonce="([^"]+)" id="replay-middleware-loader"', html)
+    return str(nonce)
+
+
+def policy(response: Any) -> dict[str, str]:
+    """The response's one enforced CSP as a directive → value map."""
+    [header] = response.headers.getlist("Content-Security-Policy")
+    parts = (p.strip().partition(" ") for p in header.split(";") if p.strip())
+    return {name: value for name, _, value in parts}
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[AppFactory]:
+    """``make_app(*, config=None, extension=True, talisman=False, **app_config) -> Flask``.
+
+    The app's pages: ``/`` (auto injection), ``/manual`` (the Jinja global), ``/twice`` (the
+    global called twice), ``/account/billing`` and ``/account/manual`` (excluded), ``/api`` (JSON), ``/whoami`` (JSON
+    of ``current_replay()``). With ``talisman=True`` flask-talisman sets a strict nonce CSP
+    on every page. Every middleware built is closed at teardown.
+    """
+    built: list[tuple[SessionReplay, Flask]] = []
+
+    def build(
+        *,
+        config: ReplayConfig | None = None,
+        extension: bool = True,
+        talisman: bool = False,
+        **app_config: Any,
+    ) -> Flask:
+        app = Flask(__name__)
+        app.config.update(
+            {"REPLAY_LOCAL_STORE_DIR": str(tmp_path), "REPLAY_EXCLUDE": ["/account/*"]}
+        )
+        app.config.update(app_config)
+        if talisman:
+            Talisman(
+                app,
+                content_security_policy=STRICT,
+                content_security_policy_nonce_in=["script-src"],
+                force_https=False,
+            )
+
+        @app.get("/")
+        def home() -> str:
+            return PAGE.format(head="")
+
+        @app.get("/manual")
+        def manual() -> str:
+            return render_template_string(PAGE.format(head=MANUAL))
+
+        @app.get("/twice")
+        def twice() -> str:
+            return render_template_string(PAGE.format(head=MANUAL + MANUAL))
+
+        @app.get("/account/billing")
+        def billing() -> str:
+            return PAGE.format(head="")
+
+        @app.get("/account/manual")
+        def billing_manual() -> str:
+            return render_template_string(PAGE.format(head=MANUAL))
+
+        @app.get("/api")
+        def api() -> Response:
+            return jsonify(ok=True)
+
+        @app.get("/whoami")
+        def whoami() -> Response:
+            ctx = current_replay()
+            assert ctx is not None
+            return jsonify(reason=ctx.reason, session=ctx.session_id, device=ctx.device_id)
+
+        if extension:
+            replay = SessionReplay(app, config=config)
+            built.append((replay, app))
+        return app
+
+    yield build
+    for replay, app in built:
+        replay.middleware_for(app).close()
+
+
+def test_html_page_gets_one_snippet_before_head_end(make_app: AppFactory) -> None:
+    response = make_app(REPLAY_SAMPLE_RATE=1).test_client().get("/")
+    html = response.get_data(as_text=True)
+    head, _, rest = html.partition("</head>")
+    assert head.startswith("<!DOCTYPE html><html><head><title>t</title>" + DATA_BLOCK)
+    assert head.endswith('id="replay-middleware-loader"></script>')
+    assert rest == "<body><p>hi</p></body></html>"
+    assert html.count(DATA_BLOCK) == 1
+    assert response.headers["X-Replay-Decision"] == "in_sample"
+    assert response.headers["Set-Cookie"].startswith("replay_id=")
+
+
+def test_restricted_route_is_untouched(make_app: AppFactory) -> None:
+    config = {"REPLAY_SAMPLE_RATE": 1, "REPLAY_DEBUG_HEADER": False}
+    plain = make_app(extension=False, **config).test_client().get("/account/billing")
+    response = make_app(**config).test_client().get("/account/billing")
+    assert response.data == plain.data
+    assert "replay-middleware" not in response.get_data(as_text=True)
+    assert response.headers == plain.headers
+
+
+def test_json_route_is_untouched(make_app: AppFactory) -> None:
+    config = {"REPLAY_SAMPLE_RATE": 1, "REPLAY_DEBUG_HEADER": False}
+    plain = make_app(extension=False, **config).test_client().get("/api")
+    response = make_app(**config).test_client().get("/api")
+    assert (response.data, response.headers) == (plain.data, plain.headers)
+
+
+def test_app_config_replay_keys_are_read(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app(REPLAY_SAMPLE_RATE="0.25", REPLAY_PREFIX="/_sr", OTHER_KEY="ignored")
+    config = app.extensions["replay_middleware"].middleware_for(app).engine.config
+    assert (config.sample_rate, config.prefix) == (0.25, "/_sr")
+    assert config.local_store_dir == str(tmp_path)
+
+
+def test_unsampled_app_config_injects_nothing(make_app: AppFactory) -> None:
+    response = make_app(REPLAY_SAMPLE_RATE=0).test_client().get("/")
+    assert response.get_data(as_text=True) == PAGE.format(head="")
+    assert response.headers["X-Replay-Decision"] == "not_in_sample"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        pytest.param("REPLAY_SAMPLE_RAT", 1, "'REPLAY_SAMPLE_RAT'", id="unknown-key"),
+        pytest.param("REPLAY_SAMPLE_RATE", "2", "sample_rate", id="bad-value"),
+    ],
+)
+def test_bad_replay_setting_raises_at_init(
+    make_app: AppFactory, key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_app(**{key: value})
+
+
+def test_explicit_config_wins_over_app_config(make_app: AppFactory, tmp_path: Path) -> None:
+    config = ReplayConfig(sample_rate=0.5, local_store_dir=str(tmp_path))
+    app = make_app(config=config, REPLAY_SAMPLE_RAT="typo is ignored")
+    assert app.extensions["replay_middleware"].middleware_for(app).engine.config is config
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param({"SECRET_KEY": "s" * 32}, "s" * 32, id="flask-secret"),
+        pytest.param({"SECRET_KEY": b"\x01" * 16}, "01" * 16, id="bytes-hex"),
+        pytest.param(
+            {"SECRET_KEY": "s" * 32, "REPLAY_SECRET_KEY": "r" * 16}, "r" * 16, id="replay-wins"
+        ),
+        pytest.param({"SECRET_KEY": "short"}, None, id="too-short-ignored"),
+        pytest.param({}, None, id="none"),
+    ],
+)
+def test_secret_key_defaults_to_flask_secret_key(
+    make_app: AppFactory, settings: dict[str, object], expected: str | None
+) -> None:
+    app = make_app(**settings)
+    assert app.extensions["replay_middleware"].middleware_for(app).engine.config.secret_key == (
+        expected
+    )
+
+
+def test_init_app_twice_raises(make_app: AppFactory) -> None:
+    app = make_app()
+    with pytest.raises(RuntimeError, match="already initialised"):
+        SessionReplay().init_app(app)
+
+
+def test_one_extension_serves_several_apps(make_app: AppFactory, tmp_path: Path) -> None:
+    replay = SessionReplay(config=ReplayConfig(sample_rate=1, local_store_dir=str(tmp_path)))
+    apps = [make_app(extension=False), make_app(extension=False)]
+    for app in apps:
+        replay.init_app(app)
+    try:
+        assert replay.middleware_for(apps[0]) is not replay.middleware_for(apps[1])
+        for app in apps:
+            html = app.test_client().get("/manual").get_data(as_text=True)
+            assert html.count(DATA_BLOCK) == 1
+    finally:
+        for app in apps:
+            replay.middleware_for(app).close()
+
+
+def test_shared_extension_keeps_no_app_alive(tmp_path: Path) -> None:
+    replay = SessionReplay(config=ReplayConfig(local_store_dir=str(tmp_path)))
+    app = Flask(__name__)
+    replay.init_app(app)
+    app_ref = weakref.ref(app)
+    del app
+    gc.collect()
+    assert app_ref() is None
+
+
+@pytest.mark.parametrize("path", ["/manual", "/twice"])
+def test_jinja_global_renders_once_and_auto_injection_skips(
+    make_app: AppFactory, path: str
+) -> None:
+    response = make_app(REPLAY_SAMPLE_RATE=1).test_client().get(path)
+    html = response.get_data(as_text=True)
+    assert html.count(DATA_BLOCK) == 1
+    assert html.count('id="replay-middleware-loader"') == 1
+    # Where the template put it: right after the title, as the auto injection would.
+    assert html.startswith("<!DOCTYPE html><html><head><title>t</title>" + DATA_BLOCK)
+    assert response.headers["X-Replay-Decision"] == "manual"
+    assert response.headers["Set-Cookie"].startswith("replay_id=")
+
+
+def test_jinja_global_is_empty_on_excluded_route(make_app: AppFactory) -> None:
+    response = make_app(REPLAY_SAMPLE_RATE=1).test_client().get("/account/manual")
+    assert response.get_data(as_text=True) == PAGE.format(head="")
+    assert response.headers["X-Replay-Decision"] == "excluded_route"
+
+
+def test_jinja_global_is_empty_for_unsampled_session(make_app: AppFactory) -> None:
+    response = make_app(REPLAY_SAMPLE_RATE=0).test_client().get("/manual")
+    assert response.get_data(as_text=True) == PAGE.format(head="")
+
+
+def test_jinja_global_is_empty_outside_a_request(make_app: AppFactory) -> None:
+    app = make_app(REPLAY_SAMPLE_RATE=1)
+    with app.app_context():
+        assert render_template_string(MANUAL) == ""
+    with app.test_request_context("/"):  # a request that never went through the middleware
+        assert render_template_string(MANUAL) == ""
+
+
+def test_jinja_global_without_talisman_gets_a_nonce_merged_into_the_csp(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(REPLAY_SAMPLE_RATE=1)
+
+    @app.get("/own-csp")
+    def own_csp() -> Response:
+        page = render_template_string(PAGE.format(head=MANUAL))
+        return Response(page, headers={"Content-Security-Policy": "script-src 'self'"})
+
+    response = app.test_client().get("/own-csp")
+    nonce = tag_nonce(response.get_data(as_text=True))
+    assert f"'nonce-{nonce}'" in policy(response)["script-src"]
+
+
+def test_jinja_global_reuses_talisman_nonce_and_header_keeps_it(make_app: AppFactory) -> None:
+    app = make_app(talisman=True, REPLAY_SAMPLE_RATE=1)
+    seen: list[str] = []
+
+    @app.after_request
+    def remember_nonce(response: Response) -> Response:
+        seen.append(request.csp_nonce)  # type: ignore[attr-defined]
+        return response
+
+    response = app.test_client().get("/manual")
+    [talisman_nonce] = seen
+    assert tag_nonce(response.get_data(as_text=True)) == talisman_nonce
+    # Talisman's script-src already allows the snippet: no second nonce is added.
+    assert policy(response)["script-src"] == f"'strict-dynamic' 'nonce-{talisman_nonce}'"
+    assert response.headers["X-Replay-Decision"] == "manual"
+
+
+def test_auto_injection_under_talisman_nonce_matches_header(make_app: AppFactory) -> None:
+    response = make_app(talisman=True, REPLAY_SAMPLE_RATE=1).test_client().get("/")
+    html = response.get_data(as_text=True)
+    assert html.count(DATA_BLOCK) == 1
+    script_src = policy(response)["script-src"]
+    assert f"'nonce-{tag_nonce(html)}'" in script_src
+    assert script_src.startswith("'strict-dynamic' 'nonce-")  # Talisman's nonce stays first
+
+
+def test_talisman_csp_is_merged_for_connect_and_worker(make_app: AppFactory) -> None:
+    app = make_app(REPLAY_SAMPLE_RATE=1, extension=False)
+    Talisman(
+        app,
+        content_security_policy={
+            "default-src": "'none'",
+            "script-src": "'self'",
+            "connect-src": "https://api.example.com",
+        },
+        force_https=False,
+    )
+    replay = SessionReplay(app)
+    try:
+        response = app.test_client().get("/")
+    finally:
+        replay.middleware_for(app).close()
+    merged = policy(response)
+    assert DATA_BLOCK in response.get_data(as_text=True)
+    assert merged["connect-src"].startswith("https://api.example.com ")
+    assert "'self'" in merged["connect-src"].split()
+    assert "blob:" in merged["worker-src"].split()
+    assert merged["default-src"] == "'none'"
+
+
+def test_current_replay_inside_a_view(make_app: AppFactory) -> None:
+    client = make_app(REPLAY_SAMPLE_RATE=1).test_client()
+    client.get("/")
+    cookie = client.get_cookie("replay_id")
+    assert cookie is not None
+    device, session, *_ = cookie.value.split(".")
+    assert client.get("/whoami").json == {
+        "reason": "in_sample",
+        "session": int(session),
+        "device": device,
+    }
+
+
+def test_example_app_pages(tmp_path: Path) -> None:
+    app = create_example(
+        ReplayConfig(sample_rate=1, exclude=("/account/billing",), local_store_dir=str(tmp_path))
+    )
+    client = app.test_client()
+    try:
+        markers = {
+            path: client.get(path).headers.get("X-Replay-Middleware")
+            for path in ("/", "/signin", "/spa", "/spa/inbox", "/csp/strict", "/csp/inline")
+        }
+        assert set(markers.values()) == {"injected"}, markers
+        assert client.get("/account/billing").headers["X-Replay-Decision"] == "excluded_route"
+        manual = client.get("/manual")
+        assert manual.headers["X-Replay-Decision"] == "manual"
+        assert manual.get_data(as_text=True).count(DATA_BLOCK) == 1
+        cookie = client.get_cookie("replay_id")
+        assert cookie is not None
+        device, session, *_ = cookie.value.split(".")
+        assert client.get("/api/whoami").json == {
+            "replay": {"[Amplitude] Session Replay ID": f"{device}/{session}"},
+            "reason": "in_sample",
+        }
+    finally:
+        app.extensions["replay_middleware"].middleware_for(app).close()

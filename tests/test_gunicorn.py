@@ -1,0 +1,140 @@
+"""ReplayWSGIMiddleware under a real gunicorn on 127.0.0.1 (real sockets, real HTTP), with the
+upload proxy pointed at the fake Amplitude running in this process."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from . import wsgi_app
+from .fake_amplitude import FakeAmplitude
+
+KEY = "0123456789abcdef0123456789abcdef"
+ROOT = Path(__file__).resolve().parent.parent
+QUERY = "device_id=dev-1&session_id=1735689600000&type=replay"
+BODY = b'{"version":1,"events":["{\\"type\\":4,\\"timestamp\\":1}"]}'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "gunicorn exited early"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("gunicorn did not start in time")
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeAmplitude]:
+    with FakeAmplitude() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def base_url(fake: FakeAmplitude, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    env = {
+        **os.environ,
+        "REPLAY_TEST_UPSTREAM": fake.url,
+        "REPLAY_TEST_API_KEY": KEY,
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "4",
+        "--timeout",
+        "30",
+        "--graceful-timeout",
+        "5",
+        "tests.wsgi_app:app",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_page_is_injected_with_the_right_length(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, trust_env=False) as client:
+        home = client.get("/")
+        assert home.status_code == 200
+        assert home.content.count(b'id="replay-middleware-config"') == 1
+        assert int(home.headers["content-length"]) == len(home.content)
+        assert home.headers["x-replay-middleware"] == "injected"
+        streamed = client.get("/stream")
+        assert streamed.content.count(b'id="replay-middleware-config"') == 1
+        assert streamed.content.endswith(b"<p>2</p></body></html>")
+        served_file = client.get("/file")
+        assert served_file.content == wsgi_app.PAGE  # wsgi.file_wrapper: untouched
+        assert "x-replay-middleware" not in served_file.headers
+        api = client.get("/api")
+        assert api.content == b"{}" and "set-cookie" not in api.headers
+
+
+def test_loader_and_sdk_are_served(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, trust_env=False) as client:
+        home = client.get("/")
+        loader = re.search(rb'src="(/_replay/loader-[0-9a-f]+\.js)"', home.content)
+        assert loader is not None
+        served = client.get(loader.group(1).decode())
+        assert served.status_code == 200 and b"replayMiddleware" in served.content
+        sdk = client.get("/_replay/sdk/1.51.6.js")
+        assert sdk.status_code == 200 and len(sdk.content) == 472_630
+
+
+def test_uploads_reach_amplitude_through_the_proxy(base_url: str, fake: FakeAmplitude) -> None:
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+    def chunked_body() -> Iterator[bytes]:
+        yield BODY[:7]
+        yield BODY[7:]
+
+    with httpx.Client(base_url=base_url, trust_env=False) as client:
+        framed = client.post(f"/_replay/track?{QUERY}", content=BODY, headers=headers)
+        streamed = client.post(f"/_replay/track?{QUERY}", content=chunked_body(), headers=headers)
+        config = client.get(f"/_replay/config/{KEY}?config_group=browser")
+    assert (framed.status_code, streamed.status_code) == (200, 200)
+    assert framed.json() == {"code": 200}
+    assert config.status_code == 200 and b"sessionReplay" in config.content
+    uploads = fake.requests_for("track")
+    assert [r.body for r in uploads] == [BODY, BODY]
+    assert uploads[0].header("content-length") == str(len(BODY))
+    assert uploads[1].header("transfer-encoding") == "chunked"
+    assert all(r.query == QUERY and r.header("authorization") == f"Bearer {KEY}" for r in uploads)
