@@ -30,7 +30,9 @@ demo: setup
 	    exec $(PY) -m uvicorn examples.fastapi_app.app:app --host 127.0.0.1 --port $(PORT) ;; \
 	  flask) \
 	    exec $(PY) -m examples.flask_app $(PORT) ;; \
-	  *) echo "make demo: unknown APP=$(APP) (known: fastapi, flask)" >&2; exit 2 ;; \
+	  django) \
+	    exec $(PY) -m examples.django_app $(PORT) ;; \
+	  *) echo "make demo: unknown APP=$(APP) (known: fastapi, flask, django)" >&2; exit 2 ;; \
 	esac
 
 bench: setup

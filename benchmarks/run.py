@@ -25,6 +25,7 @@ from typing import Any
 
 from proxy import upload_proxy_section  # benchmarks/proxy.py (this script's folder)
 from starlette.middleware.gzip import GZipMiddleware
+from wsgi import wsgi_section  # benchmarks/wsgi.py
 
 from replay_middleware import ReplayConfig, ReplayMiddleware
 from replay_middleware.identity import Identity
@@ -186,6 +187,8 @@ def main() -> None:
         f"- Same page, unsampled session: {unsampled:.2f} µs (no snippet, cookie only).",
         "",
     ]
+    # The same pages through the WSGI adapter (benchmarks/wsgi.py), side by side with a bare app.
+    lines += ["", wsgi_section(args.rounds, args.requests, JSON_BODY, HTML_30K)]
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
     # The upload proxy over real sockets (benchmarks/proxy.py), appended as its own section.
