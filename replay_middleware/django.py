@@ -33,9 +33,9 @@ Per request:
   upload proxy (``UploadProxy`` under WSGI, ``AsyncUploadProxy`` under ASGI); under ASGI
   Django has already received the body (spooled to disk past FILE_UPLOAD_MAX_MEMORY_SIZE)
   before any middleware runs, so the cap bounds what we forward, not what Django receives;
-- a nonce the app generated (django-csp 4 or Django 6's ``request.csp_nonce``) is reused when
-  every policy that needs a nonce carries it; it is never forced from here (``bool()`` before
-  ``str()``, notes/csp.md (c)).
+- a nonce the app generated (django-csp 4's ``request.csp_nonce``, Django 6's
+  ``get_nonce(request)``) is reused when every policy that needs a nonce carries it; it is
+  never forced from here (``bool()`` before ``str()``, notes/csp.md (c)).
 
 ``{% load replay %}{% replay_snippet %}`` places the snippet by hand (it forces the request's
 CSP nonce, so the CSP middleware puts it in the header); that page then gets no second one.
@@ -195,10 +195,19 @@ class _RequestReplay:
         return self.engine.manual_snippet(self.state(), self.manual_nonce)
 
 
+def _lazy_nonce(request: HttpRequest) -> Any:
+    """The request's lazy CSP nonce: django-csp 4's ``request.csp_nonce``, or Django 6's
+    ``request._csp_nonce`` (what ``django.middleware.csp.get_nonce()`` reads); None if neither."""
+    lazy = getattr(request, "csp_nonce", None)
+    if lazy is None:
+        lazy = getattr(request, "_csp_nonce", None)
+    return lazy
+
+
 def _forced_nonce(request: HttpRequest) -> str | None:
     """The request's CSP nonce, generating it (inside the view, before the CSP middleware
     writes its header, so the header carries it: the "forcing" recipe of notes/csp.md (c))."""
-    lazy = getattr(request, "csp_nonce", None)
+    lazy = _lazy_nonce(request)
     if lazy is None:
         return None
     try:
@@ -211,7 +220,7 @@ def _forced_nonce(request: HttpRequest) -> str | None:
 def _generated_nonce(request: HttpRequest) -> str | None:
     """The request's CSP nonce only if the app generated it; never forces one (``bool()``
     first: Django 6 would silently mint a nonce that is not in its header)."""
-    lazy = getattr(request, "csp_nonce", None)
+    lazy = _lazy_nonce(request)
     if lazy is None or not bool(lazy):
         return None
     try:

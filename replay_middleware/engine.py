@@ -283,7 +283,7 @@ class ReplayEngine:
         """The snippet for manual placement (Django template tag, Flask Jinja global; N4).
 
         Empty when this request's session is not recorded here. Pass the framework's CSP
-        nonce when it has one (Django's/django-csp's ``request.csp_nonce``, flask-talisman's);
+        nonce when it has one (django-csp's ``request.csp_nonce``, Django 6's ``get_nonce(request)``, flask-talisman's);
         the adapter then merges the page's CSP with that nonce instead of injecting again
         (``ResponseRewriter(manual_nonce=...)``).
         """

@@ -51,7 +51,7 @@ class ResponseRewriter:
         the CSP merge that lets the manual one run, and the identity cookie.
 
         ``app_nonce``: a nonce a framework adapter saw the app generate for this response
-        (Django's / django-csp's ``request.csp_nonce``); the injected snippet reuses it only
+        (django-csp's ``request.csp_nonce``, Django 6's ``get_nonce(request)``); the injected snippet reuses it only
         when every policy that needs a nonce already carries it (N2), else ours is added."""
         self.engine = engine
         self.state = state

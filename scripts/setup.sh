@@ -76,6 +76,42 @@ else
     say ".venv up to date"
 fi
 
+# --- (a2) a Python >= 3.12 venv for the Django 6 built-in CSP tests (tests/django6/) ------
+# Django 6 needs Python >= 3.12; .venv may be older. tests/test_django6.py runs tests/django6/
+# in this venv (and skips only when no such Python exists: keep its search in sync with this).
+VENV6="$ROOT/.venv-django6"
+VENV6_STAMP="$VENV6/.replay-middleware-setup"
+find_python312() {
+    local candidate
+    for candidate in python3.13 python3.12 /root/.pyenv/versions/3.1[2-9]*/bin/python3.1*; do
+        case "$candidate" in *-config) continue ;; esac
+        if command -v "$candidate" >/dev/null 2>&1 \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            # The real interpreter, not a pyenv shim (a venv must not point at a shim).
+            "$candidate" -c 'import sys; print(sys.executable)'
+            return 0
+        fi
+    done
+    return 1
+}
+if PY6="$(find_python312)"; then
+    PY6_VERSION="$("$PY6" -c 'import platform; print(platform.python_version())')"
+    VENV6_WANT="$PYPROJECT_HASH $PY6 $PY6_VERSION"
+    if ! "$VENV6/bin/python" -c '' >/dev/null 2>&1 \
+        || [ "$(cat "$VENV6_STAMP" 2>/dev/null || true)" != "$VENV6_WANT" ]; then
+        say "creating .venv-django6 with $PY6 ($PY6_VERSION): Django 6, pytest, replay-middleware"
+        rm -rf "$VENV6"
+        "$PY6" -m venv "$VENV6"
+        "$VENV6/bin/python" -m pip install --disable-pip-version-check --quiet \
+            'django>=6.0,<7' pytest -e .
+        printf '%s\n' "$VENV6_WANT" >"$VENV6_STAMP"
+    else
+        say ".venv-django6 up to date"
+    fi
+else
+    say "no Python >= 3.12; the Django 6 built-in CSP tests will be skipped"
+fi
+
 # --- (b) the SDK bundle from npm, verified ---------------------------------------------------
 need_npm() {
     command -v npm >/dev/null 2>&1 && return 0

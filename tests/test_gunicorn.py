@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from . import wsgi_app
-from .fake_amplitude import FakeAmplitude
+from .fake_amplitude import FakeAmplitude, Reply
 
 KEY = "0123456789abcdef0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,18 +47,21 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeAmplitude]:
     with FakeAmplitude() as fake:
+        # No remote sampling settings: the local rate (1.0) decides. With the fake's default
+        # (50 %), a page requested after the background config refresh may go unrecorded.
+        fake.set_default("config", Reply.config(b'{"configs":{"sessionReplay":{}}}'))
         yield fake
 
 
-@pytest.fixture(scope="module")
-def base_url(fake: FakeAmplitude, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def gunicorn(app: str, env: dict[str, str], log: Path) -> Iterator[str]:
+    """``app`` (``module:variable``) under gunicorn on 127.0.0.1, one gthread worker; yields
+    its base URL and stops it. ``REPLAY_*`` variables of this process are not passed on."""
     port = free_port()
-    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {
-        **os.environ,
-        "REPLAY_TEST_UPSTREAM": fake.url,
-        "REPLAY_TEST_API_KEY": KEY,
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("REPLAY_")},
         "PYTHONPATH": str(ROOT),
+        **env,
     }
     command = [
         sys.executable,
@@ -75,10 +79,12 @@ def base_url(fake: FakeAmplitude, tmp_path_factory: pytest.TempPathFactory) -> I
         "30",
         "--graceful-timeout",
         "5",
-        "tests.wsgi_app:app",
+        app,
     ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}"
@@ -89,6 +95,14 @@ def base_url(fake: FakeAmplitude, tmp_path_factory: pytest.TempPathFactory) -> I
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def base_url(fake: FakeAmplitude, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    env = {"REPLAY_TEST_UPSTREAM": fake.url, "REPLAY_TEST_API_KEY": KEY}
+    with gunicorn("tests.wsgi_app:app", env, log) as url:
+        yield url
 
 
 def test_page_is_injected_with_the_right_length(base_url: str) -> None:
@@ -138,3 +152,46 @@ def test_uploads_reach_amplitude_through_the_proxy(base_url: str, fake: FakeAmpl
     assert uploads[0].header("content-length") == str(len(BODY))
     assert uploads[1].header("transfer-encoding") == "chunked"
     assert all(r.query == QUERY and r.header("authorization") == f"Bearer {KEY}" for r in uploads)
+
+
+# -- the Flask example (local mode) under gunicorn -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flask_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("flask-store")
+
+
+@pytest.fixture(scope="module")
+def flask_url(flask_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("gunicorn-flask") / "gunicorn.log"
+    with gunicorn(
+        "examples.flask_app.app:app", {"REPLAY_LOCAL_STORE_DIR": str(flask_store)}, log
+    ) as url:
+        yield url
+
+
+def test_flask_example_under_gunicorn(flask_url: str, flask_store: Path) -> None:
+    with httpx.Client(base_url=flask_url, trust_env=False) as client:
+        home = client.get("/")
+        assert home.status_code == 200
+        assert home.content.count(b'id="replay-middleware-config"') == 1
+        assert int(home.headers["content-length"]) == len(home.content)
+        loader = re.search(rb'src="(/_replay/loader-[0-9a-f]+\.js)"', home.content)
+        assert loader is not None
+        served = client.get(loader.group(1).decode())
+        assert served.status_code == 200 and b"replayMiddleware" in served.content
+        assert int(served.headers["content-length"]) == len(served.content)
+        sdk = client.get("/_replay/sdk/1.51.6.js")
+        assert sdk.status_code == 200 and len(sdk.content) == 472_630
+        billing = client.get("/account/billing")
+        assert billing.status_code == 200 and b"Billing" in billing.content
+        assert b"replay-middleware" not in billing.content and b"/_replay/" not in billing.content
+        assert "x-replay-middleware" not in billing.headers
+        track = client.post(
+            f"/_replay/track?{QUERY}", content=BODY, headers={"content-type": "application/json"}
+        )
+        assert track.status_code == 200, track.text
+        listing = client.get("/_replay/inspect")
+    assert listing.status_code == 200 and b"1735689600000" in listing.content
+    assert any(flask_store.rglob("*")), "the upload reached the local store"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 DEBUG = False
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(32)
@@ -53,5 +54,38 @@ CONTENT_SECURITY_POLICY = None
 REPLAY_MIDDLEWARE: dict[str, object] = {
     "sample_rate": 1.0,
     "exclude": ["/account/billing"],
-    **{k[len("REPLAY_") :].lower(): v for k, v in os.environ.items() if k.startswith("REPLAY_")},
+    **{
+        k[len("REPLAY_") :].lower(): v
+        for k, v in os.environ.items()
+        if k.startswith("REPLAY_") and k != "REPLAY_TEST_UPSTREAM"
+    },
 }
+
+# Tests only (as tests/wsgi_app.py): ``REPLAY_TEST_UPSTREAM`` is the base URL of a fake
+# Amplitude that the upload proxy talks to instead of Amplitude. Unset, nothing changes.
+TEST_UPSTREAM = os.environ.get("REPLAY_TEST_UPSTREAM")
+if TEST_UPSTREAM:
+    MIDDLEWARE[MIDDLEWARE.index("replay_middleware.django.ReplayMiddleware")] = (
+        "examples.django_app.settings.replay_middleware_on_test_upstream"
+    )
+
+
+def replay_middleware_on_test_upstream(get_response: Any) -> Any:
+    """``ReplayMiddleware`` whose upload proxy is pointed at ``REPLAY_TEST_UPSTREAM``."""
+    from replay_middleware.django import ReplayMiddleware
+    from replay_middleware.proxy import Upstreams
+    from replay_middleware.upstream import AsyncUploadProxy, UploadProxy
+
+    middleware = ReplayMiddleware(get_response)
+    upstreams = Upstreams.at(os.environ["REPLAY_TEST_UPSTREAM"])
+    # The proxies do no I/O until first used, so replacing them here is safe.
+    if middleware.upstream is not None:
+        middleware.upstream = UploadProxy(middleware.config, upstreams=upstreams)
+    if middleware.async_upstream is not None:
+        middleware.async_upstream = AsyncUploadProxy(middleware.config, upstreams=upstreams)
+    return middleware
+
+
+# Django asks the factory whether it handles sync and async requests, as it asks a class.
+replay_middleware_on_test_upstream.sync_capable = True  # type: ignore[attr-defined]
+replay_middleware_on_test_upstream.async_capable = True  # type: ignore[attr-defined]

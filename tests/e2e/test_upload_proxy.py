@@ -1,19 +1,27 @@
-"""The real SDK in Debian chromium records the FastAPI example, and its uploads reach a fake
-Amplitude through the first-party proxy (and, in local mode, the inspector)."""
+"""The real SDK in Debian chromium records each example, and its uploads reach a fake Amplitude
+through the first-party proxy (and, in local mode, the FastAPI example's inspector).
+
+The proxy-mode tests run over the three examples, each under a real server on 127.0.0.1:
+FastAPI under uvicorn (ASGI), Flask under werkzeug (WSGI), Django under gunicorn (WSGI, in a
+subprocess: ``REPLAY_API_KEY`` and ``REPLAY_TEST_UPSTREAM`` point it at the fake).
+"""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page
 
-from examples.fastapi_app.app import create_app
+from examples.fastapi_app.app import create_app as create_fastapi_app
+from examples.flask_app.app import create_app as create_flask_app
 from replay_middleware import ReplayConfig
 from replay_middleware.payloads import DecodedPayload, decode_payload
+from tests.e2e.django_server import DjangoServers
 from tests.fake_amplitude import FakeAmplitude, Recorded, Reply
 
 pytestmark = pytest.mark.e2e
@@ -23,18 +31,44 @@ PASSWORD = "hunter2-Sup3rSecret"
 WAIT_S = 15.0
 
 
+SDK_OPTIONS = {"flushIntervalConfig": {"minIntervalMs": 200, "maxIntervalMs": 1000}}
+
+
 @pytest.fixture
-def proxied(live_server: Callable[[Any], str], fake_amplitude: FakeAmplitude) -> str:
+def django_servers(tmp_path: Path) -> Iterator[DjangoServers]:
+    servers = DjangoServers(tmp_path)
+    try:
+        yield servers
+    finally:
+        servers.stop_all()
+
+
+@pytest.fixture(params=["fastapi-uvicorn", "flask-werkzeug", "django-gunicorn"])
+def proxied(request: pytest.FixtureRequest, fake_amplitude: FakeAmplitude) -> str:
+    """The example in proxy mode (API key ``KEY``), its upload proxy on the fake."""
     # A project config with no sampling settings: the SDK records with the local rate (1.0).
     fake_amplitude.set_default("config", Reply.config(b'{"configs":{"sessionReplay":{}}}'))
+    if request.param == "django-gunicorn":
+        servers: DjangoServers = request.getfixturevalue("django_servers")
+        return servers.start(
+            "gunicorn-wsgi",
+            REPLAY_API_KEY=KEY,
+            REPLAY_SECRET_KEY="e2e-secret-key-0123456789",
+            REPLAY_SDK_OPTIONS=json.dumps(SDK_OPTIONS),
+            REPLAY_TEST_UPSTREAM=fake_amplitude.url,
+        )
     config = ReplayConfig(
         api_key=KEY,
         secret_key="e2e-secret-key-0123456789",
         sample_rate=1.0,
         exclude=("/account/billing",),
-        sdk_options={"flushIntervalConfig": {"minIntervalMs": 200, "maxIntervalMs": 1000}},
+        sdk_options=SDK_OPTIONS,
     )
-    return live_server(create_app(config, upstreams=fake_amplitude.upstreams()))
+    if request.param == "flask-werkzeug":
+        serve_wsgi: Callable[[Any], str] = request.getfixturevalue("live_wsgi_server")
+        return serve_wsgi(create_flask_app(config, upstreams=fake_amplitude.upstreams()))
+    serve: Callable[[Any], str] = request.getfixturevalue("live_server")
+    return serve(create_fastapi_app(config, upstreams=fake_amplitude.upstreams()))
 
 
 def decoded(rec: Recorded) -> DecodedPayload:
@@ -52,6 +86,16 @@ def uploads(fake: FakeAmplitude) -> list[Recorded]:
 
 def flush(page: Page) -> None:
     page.evaluate("() => window.dispatchEvent(new Event('blur'))")
+
+
+def leave_page(page: Page) -> None:
+    """Fire ``pagehide`` with events still queued (a fresh DOM mutation, recorded after one
+    task), so the SDK has something to send by beacon even if its timer flushed just before."""
+    page.evaluate(
+        "async () => { document.querySelector('h1').append(' '); "
+        "await new Promise((r) => setTimeout(r, 0)); "
+        "window.dispatchEvent(new Event('pagehide')); }"
+    )
 
 
 def record_sign_in(page: Page, base: str) -> None:
@@ -88,7 +132,7 @@ def test_typed_password_never_leaves_the_browser(
     proxied: str, page: Page, fake_amplitude: FakeAmplitude
 ) -> None:
     record_sign_in(page, proxied)
-    page.evaluate("() => window.dispatchEvent(new Event('pagehide'))")
+    leave_page(page)
     assert fake_amplitude.wait_until(lambda: len(uploads(fake_amplitude)) >= 2, WAIT_S)
     seen = b""
     for rec in uploads(fake_amplitude):
@@ -102,7 +146,7 @@ def test_page_exit_beacon_is_accepted(
     proxied: str, page: Page, fake_amplitude: FakeAmplitude
 ) -> None:
     record_sign_in(page, proxied)
-    page.evaluate("() => window.dispatchEvent(new Event('pagehide'))")
+    leave_page(page)
     assert fake_amplitude.wait_until(
         lambda: any("api_key=" in r.query for r in uploads(fake_amplitude)), WAIT_S
     )
@@ -136,9 +180,9 @@ def test_local_mode_session_appears_in_the_inspector(
     config = ReplayConfig(
         sample_rate=1.0, exclude=("/account/billing",), local_store_dir=str(tmp_path)
     )
-    base = live_server(create_app(config))
+    base = live_server(create_fastapi_app(config))
     record_sign_in(page, base)
-    page.evaluate("() => window.dispatchEvent(new Event('pagehide'))")
+    leave_page(page)
     session = page.evaluate("() => window.replayMiddleware.getSessionId()")
     deadline_ok = False
     for _ in range(60):
