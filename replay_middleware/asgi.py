@@ -24,7 +24,13 @@ from .config import ReplayConfig
 from .context import reset_current, set_current
 from .decision import ReplayContext
 from .engine import HttpResponse, ReplayEngine, RequestState, encode_headers
-from .proxy import DEFAULT_UPSTREAMS, RemoteSampling, Upstreams
+from .proxy import (
+    DEFAULT_UPSTREAMS,
+    ENDPOINT_UNAVAILABLE,
+    RemoteSampling,
+    Upstreams,
+    sdk_unavailable,
+)
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
 from .sdk import AsyncSdkProvider, SdkUnavailable
@@ -190,9 +196,7 @@ class ReplayMiddleware:
         except Exception:
             # Never a bare 500 from our code: the SDK treats 503 as "retry later".
             logger.exception("replay-middleware: endpoint %s failed", scope.get("path"))
-            result = HttpResponse(
-                503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
-            )
+            result = ENDPOINT_UNAVAILABLE
         await _send_response(send, result)
 
     async def _endpoint_response(self, request: RequestInfo, receive: Receive) -> HttpResponse:
@@ -215,18 +219,7 @@ class ReplayMiddleware:
             try:
                 bundle = await self.sdk.get()
             except SdkUnavailable as exc:
-                self.engine.log_once(
-                    "sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR
-                )
-                result = HttpResponse(
-                    503,
-                    [
-                        ("content-type", "text/plain"),
-                        ("cache-control", "no-store"),
-                        ("retry-after", "60"),
-                    ],
-                    b"SDK unavailable",
-                )
+                result = sdk_unavailable(self.engine, exc)
             else:
                 result = self.engine.sdk_response(request, bundle.body, bundle.etag)
         assert isinstance(result, HttpResponse)

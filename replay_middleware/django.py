@@ -72,7 +72,7 @@ from .context import reset_current, set_current
 from .csp import new_nonce
 from .decision import ReplayContext
 from .engine import HttpResponse, ReplayEngine, RequestState
-from .proxy import RemoteSampling
+from .proxy import ENDPOINT_TOO_LARGE, ENDPOINT_UNAVAILABLE, RemoteSampling, sdk_unavailable
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
 from .sdk import AsyncSdkProvider, SdkProvider, SdkUnavailable
@@ -100,20 +100,6 @@ _CSP_PATHS = (
 # A CSP base64-value (CSP3 §2.3.1): a nonce we may put in a header as it is.
 _NONCE_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _READ_CHUNK = 64 * 1024
-_UNAVAILABLE = HttpResponse(
-    503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
-)
-# The SDK splits a batch on 413 only when the text matches /payload.*exceed/i.
-_TOO_LARGE = HttpResponse(
-    413,
-    [("content-type", "text/plain"), ("cache-control", "no-store")],
-    b"Payload size exceeded the limit",
-)
-_SDK_UNAVAILABLE = HttpResponse(
-    503,
-    [("content-type", "text/plain"), ("cache-control", "no-store"), ("retry-after", "60")],
-    b"SDK unavailable",
-)
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase]
 AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
@@ -349,19 +335,18 @@ class ReplayMiddleware:
             result = self.engine.endpoint(info, remote=self._remote())
             if result == "read_body":
                 body = _read_capped(request, self.config.max_upload_bytes)
-                result = _TOO_LARGE if body is None else self.engine.endpoint(info, body)
+                result = ENDPOINT_TOO_LARGE if body is None else self.engine.endpoint(info, body)
             if result == "sdk":
                 try:
                     bundle = self.sdk.get()
                 except SdkUnavailable as exc:
-                    self._sdk_failed(exc)
-                    result = _SDK_UNAVAILABLE
+                    result = sdk_unavailable(self.engine, exc)
                 else:
                     result = self.engine.sdk_response(info, bundle.body, bundle.etag)
         except Exception:
             # Never a bare 500 from our code: the SDK treats 503 as "retry later".
             logger.exception("replay-middleware: endpoint %s failed", request.path)
-            result = _UNAVAILABLE
+            result = ENDPOINT_UNAVAILABLE
         assert isinstance(result, HttpResponse)
         return result
 
@@ -378,7 +363,7 @@ class ReplayMiddleware:
         except Exception:
             # A bug of ours before any byte went out: a status the SDK retries, never a 500.
             logger.exception("replay-middleware: proxy failed on %s", sub)
-            return _to_django(_UNAVAILABLE)
+            return _to_django(ENDPOINT_UNAVAILABLE)
         response = StreamingHttpResponse(_Relay(reply), status=reply.status)
         self._proxy_headers(response, info, sub, reply.status, reply.headers)
         return response
@@ -398,7 +383,7 @@ class ReplayMiddleware:
                 return response
         except Exception:
             logger.exception("replay-middleware: proxy failed on %s", sub)
-            return _to_django(_UNAVAILABLE)
+            return _to_django(ENDPOINT_UNAVAILABLE)
         response = StreamingHttpResponse(_arelay(reply), status=reply.status)
         self._proxy_headers(response, info, sub, reply.status, reply.headers)
         return response
@@ -418,11 +403,6 @@ class ReplayMiddleware:
             # I4: an accepted upload slides the session's last activity.
             for _, cookie in self.engine.upload_cookie(info):
                 _add_cookie(response, cookie)
-
-    def _sdk_failed(self, exc: SdkUnavailable) -> None:
-        self.engine.log_once(
-            "sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR
-        )
 
     # -- async ----------------------------------------------------------------------------
 
@@ -469,12 +449,11 @@ class ReplayMiddleware:
                 try:
                     bundle = await self.async_sdk.get()
                 except SdkUnavailable as exc:
-                    self._sdk_failed(exc)
-                    return _SDK_UNAVAILABLE
+                    return sdk_unavailable(self.engine, exc)
                 return self.engine.sdk_response(info, bundle.body, bundle.etag)
         except Exception:
             logger.exception("replay-middleware: endpoint %s failed", request.path)
-            return _UNAVAILABLE
+            return ENDPOINT_UNAVAILABLE
         assert isinstance(result, HttpResponse)
         return result
 

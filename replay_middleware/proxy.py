@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -28,9 +29,11 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 from urllib.parse import unquote_plus
 
 from .request import RequestInfo
+from .response import HttpResponse
 
 if TYPE_CHECKING:
     from .config import ReplayConfig
+    from .engine import ReplayEngine
 
 __all__ = [
     "CONFIG_FALLBACK_BODY",
@@ -38,11 +41,14 @@ __all__ = [
     "CONFIG_STALE_IF_ERROR",
     "DEFAULT_UPSTREAMS",
     "DROPPED_IP",
+    "ENDPOINT_TOO_LARGE",
+    "ENDPOINT_UNAVAILABLE",
     "HOP_BY_HOP",
     "MAX_CONFIG_BYTES",
     "PAYLOAD_TOO_LARGE_TEXT",
     "REQUEST_HEADER_ALLOWLIST",
     "RESPONSE_HEADER_ALLOWLIST",
+    "SDK_UNAVAILABLE",
     "Breaker",
     "ConfigEntry",
     "ConfigPlan",
@@ -75,6 +81,7 @@ __all__ = [
     "redact_url",
     "remote_sampling",
     "resolve_client_ip",
+    "sdk_unavailable",
     "sniff_body",
     "strip_hop_by_hop",
     "upstream_request_headers",
@@ -256,6 +263,36 @@ _FAULTS: Final[Mapping[str, tuple[int, int | None]]] = MappingProxyType(
         "client_timeout": (408, None),  # the client's body did not arrive in time (SDK retries 408)
     }
 )
+
+
+# --- the adapters' own answers on first-party endpoints (STYLE 3: one copy, each adapter
+# only translates them) ---------------------------------------------------------------------
+
+#: An endpoint failed in our code: never a bare 500, the SDK treats 503 as "retry later".
+ENDPOINT_UNAVAILABLE: Final = HttpResponse(
+    503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
+)
+#: A body over ``max_upload_bytes``. The SDK splits a batch on 413 only when the text matches
+#: /payload.*exceed/i.
+ENDPOINT_TOO_LARGE: Final = HttpResponse(
+    413,
+    [("content-type", "text/plain"), ("cache-control", "no-store")],
+    b"Payload size exceeded the limit",
+)
+#: The self-hosted SDK bundle could not be loaded.
+SDK_UNAVAILABLE: Final = HttpResponse(
+    503,
+    [("content-type", "text/plain"), ("cache-control", "no-store"), ("retry-after", "60")],
+    b"SDK unavailable",
+)
+
+
+def sdk_unavailable(engine: ReplayEngine, exc: Exception) -> HttpResponse:
+    """Log (once) that the SDK bundle is unavailable; the answer to send instead."""
+    engine.log_once(
+        "sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR
+    )
+    return SDK_UNAVAILABLE
 
 
 def fault_response(kind: str, *, retry_after: int | None = None) -> ProxyResponse:

@@ -202,6 +202,22 @@ async def _single(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
+def _relay_headers(response: httpx.Response) -> tuple[list[tuple[str, str]], bool]:
+    """The upstream response's headers to pass on, and whether httpx already read its body.
+
+    A transport may hand back a response it already read and decoded (httpx's MockTransport,
+    some test doubles): then its bytes are decoded, so the encoding and length headers must go
+    (notes/proxy.md §4: never decoded bytes with raw headers)."""
+    raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
+    preread = response.is_stream_consumed
+    return filter_response_headers(raw, raw=not preread), preread
+
+
+def _upstream_reason(status: int) -> str:
+    """The outcome code of an upstream error status (>= 400)."""
+    return f"upstream_{status}" if status >= 500 else "upstream_rejected"
+
+
 def _claimed_key_id(request: RequestInfo) -> str:
     """The hashed key a rejected request presented (for logs: key mismatches are the most
     common set-up mistake), or "-"."""
@@ -310,9 +326,28 @@ class _ProxyCore:
         breaker_threshold: int,
         breaker_open_for: float,
         clock: Callable[[], float],
+        client: Any,
+        transport: Any,
+        kinds: tuple[type, type, str],
     ) -> None:
         import httpx
 
+        client_type, transport_type, adapter = kinds
+        injected: Any = config.http_client
+        if client is None and transport is None and injected is not None:
+            if isinstance(injected, client_type):
+                client = injected
+            elif isinstance(injected, transport_type):
+                transport = injected
+            else:
+                raise ValueError(
+                    f"ReplayConfig: http_client must be an httpx.{client_type.__name__} or an "
+                    f"httpx.{transport_type.__name__} for the {adapter} middleware "
+                    f"(got {type(injected)!r})"
+                )
+        self._client: Any = client
+        self._transport = transport
+        self._owns_client = client is None and transport is None
         self.replay_config = config
         self.keys = keys if keys is not None else KeyMap.from_config(config)
         self.upstreams = upstreams
@@ -348,6 +383,23 @@ class _ProxyCore:
         """Upload exchanges currently holding (or waiting for) an upstream connection."""
         return self._in_flight
 
+    def _client_options(self) -> dict[str, Any]:
+        """The pooled client's safe defaults (P7), the same for ``httpx.Client`` and
+        ``httpx.AsyncClient``."""
+        import httpx
+
+        return {
+            "transport": self._transport,
+            "follow_redirects": False,  # P1: where traffic goes is never up to the answer
+            "trust_env": False,  # no HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE, .netrc
+            "cookies": NullCookieJar(),
+            "limits": self._limits,
+            "timeout": httpx.Timeout(**self._track_timeout),
+            "http1": True,
+            "http2": False,  # HTTP/2 GOAWAY races are open issues (httpx #3324)
+            "verify": True,  # TLS always verified (notes/proxy.md case 39)
+        }
+
     def _plan_track(self, request: RequestInfo) -> TrackPlan | Rejection:
         return plan_track(
             request,
@@ -357,6 +409,42 @@ class _ProxyCore:
             ip_mode=self.replay_config.forward_client_ip,
             max_upload_bytes=self.replay_config.max_upload_bytes,
             user_agent=USER_AGENT,
+        )
+
+    def _admit_track(self, request: RequestInfo, log: _Log) -> TrackPlan | ProxyResponse:
+        """The plan of an upload, or the answer that refuses it (a rejection, an open
+        breaker) with ``log`` filled in: ``log.reason`` is then the outcome code."""
+        plan = self._plan_track(request)
+        if isinstance(plan, Rejection):
+            log.status, log.reason = plan.status, plan.reason
+            log.key = _claimed_key_id(request)
+            return plan.response()
+        log.key = plan.key_id
+        retry = self._breakers[plan.zone].retry_after(self._clock())
+        if retry is not None:
+            log.status, log.reason = 503, "breaker_open"
+            return fault_response("breaker_open", retry_after=retry)
+        return plan
+
+    def _admit_config(
+        self, request: RequestInfo, key: str, log: _Log
+    ) -> ConfigPlan | ProxyResponse:
+        """The plan of a config fetch, or the rejection's answer with ``log`` filled in."""
+        plan = plan_config(request, key, keys=self.keys, upstreams=self.upstreams)
+        if isinstance(plan, Rejection):
+            log.status, log.reason = plan.status, plan.reason
+            log.key = key_id(key) if plan.status == 403 else "-"
+            return plan.response()
+        log.key = plan.key_id
+        return plan
+
+    def _config_stale(self, plan: ConfigPlan, asked_at: float) -> bool:
+        """Whether a config request asked at ``asked_at`` must fetch before answering."""
+        return config_should_fetch(
+            self._config.get((plan.key, plan.zone)),
+            asked_at,
+            self.replay_config.config_cache_ttl,
+            self._failure_backoff,
         )
 
     def _record_breaker(self, zone: str, ok: bool | None) -> None:
@@ -383,6 +471,36 @@ class _ProxyCore:
         if entry is None or not config_is_fresh(slot, now, CONFIG_STALE_IF_ERROR):
             return None
         return entry.sampling
+
+    def _stored_sampling(self, plan: ConfigPlan) -> RemoteSampling | None:
+        """The sampling of the last good copy, however old (after an explicit refresh)."""
+        slot = self._config.get((plan.key, plan.zone))
+        return slot.entry.sampling if slot and slot.entry else None
+
+    def _config_request(self, plan: ConfigPlan) -> httpx.Request:
+        """The upstream request of a config fetch."""
+        import httpx
+
+        return httpx.Request(
+            "GET",
+            plan.url,
+            headers=[
+                ("accept", "*/*"),
+                ("accept-encoding", "identity"),
+                ("user-agent", USER_AGENT),
+            ],
+            extensions={"timeout": self._config_timeouts},
+        )
+
+    def _config_outcome(
+        self, response: httpx.Response, body: bytes
+    ) -> tuple[ConfigEntry | None, str]:
+        """The cache entry a fetched config makes (None: unusable) and the outcome code."""
+        status = response.status_code
+        entry = config_entry(status, response.headers.get("content-type", ""), body, self._clock())
+        if entry is not None:
+            return entry, "ok"
+        return None, f"upstream_status_{status}" if status != 200 else "upstream_bad_body"
 
     def _wants_background_fetch(self, plan: ConfigPlan, now: float) -> bool:
         every = max(self.replay_config.config_cache_ttl, MIN_BACKGROUND_REFRESH)
@@ -446,6 +564,8 @@ class AsyncUploadProxy(_ProxyCore):
     monotonic ``clock`` for the cache.
     """
 
+    _client: httpx.AsyncClient | None
+
     def __init__(
         self,
         config: ReplayConfig,
@@ -465,17 +585,6 @@ class AsyncUploadProxy(_ProxyCore):
     ) -> None:
         import httpx
 
-        injected: Any = config.http_client
-        if client is None and transport is None and injected is not None:
-            if isinstance(injected, httpx.AsyncClient):
-                client = injected
-            elif isinstance(injected, httpx.AsyncBaseTransport):
-                transport = injected
-            else:
-                raise ValueError(
-                    "ReplayConfig: http_client must be an httpx.AsyncClient or an "
-                    f"httpx.AsyncBaseTransport for the ASGI middleware (got {type(injected)!r})"
-                )
         super().__init__(
             config,
             keys=keys,
@@ -488,10 +597,10 @@ class AsyncUploadProxy(_ProxyCore):
             breaker_threshold=breaker_threshold,
             breaker_open_for=breaker_open_for,
             clock=clock,
+            client=client,
+            transport=transport,
+            kinds=(httpx.AsyncClient, httpx.AsyncBaseTransport, "ASGI"),
         )
-        self._client: httpx.AsyncClient | None = client
-        self._transport = transport
-        self._owns_client = client is None and transport is None
         self._flights: dict[tuple[str, str], anyio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -508,17 +617,7 @@ class AsyncUploadProxy(_ProxyCore):
         if self._client is None:
             import httpx
 
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                follow_redirects=False,  # P1: where traffic goes is never up to the answer
-                trust_env=False,  # no HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE, .netrc
-                cookies=NullCookieJar(),
-                limits=self._limits,
-                timeout=httpx.Timeout(**self._track_timeout),
-                http1=True,
-                http2=False,  # HTTP/2 GOAWAY races are open issues (httpx #3324)
-                verify=True,  # TLS always verified (notes/proxy.md case 39)
-            )
+            self._client = httpx.AsyncClient(**self._client_options())
         return self._client
 
     async def aclose(self) -> None:
@@ -550,25 +649,9 @@ class AsyncUploadProxy(_ProxyCore):
             log.emit()
 
     async def _track(self, request: RequestInfo, receive: Receive, send: Send, log: _Log) -> None:
-        plan = plan_track(
-            request,
-            keys=self.keys,
-            upstreams=self.upstreams,
-            trusted=self.trusted,
-            ip_mode=self.config.forward_client_ip,
-            max_upload_bytes=self.config.max_upload_bytes,
-            user_agent=USER_AGENT,
-        )
-        if isinstance(plan, Rejection):
-            log.status, log.reason = plan.status, plan.reason
-            log.key = _claimed_key_id(request)
-            await _send_response(send, plan.response())
-            return
-        log.key = plan.key_id
-        retry = self._breakers[plan.zone].retry_after(self._clock())
-        if retry is not None:
-            log.status, log.reason = 503, "breaker_open"
-            await _send_response(send, fault_response("breaker_open", retry_after=retry))
+        plan = self._admit_track(request, log)
+        if isinstance(plan, ProxyResponse):
+            await _send_response(send, plan)
             return
         upload = _Upload(self, plan, receive, send, log)
         self._in_flight += 1
@@ -579,11 +662,7 @@ class AsyncUploadProxy(_ProxyCore):
                 await upload.on_deadline()
         finally:
             self._in_flight -= 1
-            if upload.upstream_ok is not None:
-                zone = plan.zone
-                self._breakers[zone] = self._breakers[zone].record(
-                    upload.upstream_ok, self._clock()
-                )
+            self._record_breaker(plan.zone, upload.upstream_ok)
             log.bytes_in = upload.counter.total
         if upload.aborted:
             raise ResponseAborted(log.reason)
@@ -601,18 +680,9 @@ class AsyncUploadProxy(_ProxyCore):
         may raise :class:`ResponseAborted` (the upstream broke mid-response).
         """
         log = _Log("track", request.method)
-        plan = self._plan_track(request)
-        if isinstance(plan, Rejection):
-            log.status, log.reason = plan.status, plan.reason
-            log.key = _claimed_key_id(request)
-            return AsyncProxyReply.complete(plan.response(), plan.reason, _async_emit(log))
-        log.key = plan.key_id
-        retry = self._breakers[plan.zone].retry_after(self._clock())
-        if retry is not None:
-            log.status, log.reason = 503, "breaker_open"
-            return AsyncProxyReply.complete(
-                fault_response("breaker_open", retry_after=retry), "breaker_open", _async_emit(log)
-            )
+        plan = self._admit_track(request, log)
+        if isinstance(plan, ProxyResponse):
+            return AsyncProxyReply.complete(plan, log.reason, _async_emit(log))
         self._in_flight += 1
         upload = _StreamUpload(self, plan, body, log)
         try:
@@ -633,28 +703,14 @@ class AsyncUploadProxy(_ProxyCore):
         the upstream (≤ ``config_timeout``), the stale copy or the fallback, in that order."""
         log = _Log("config", request.method)
         try:
-            plan = plan_config(request, key, keys=self.keys, upstreams=self.upstreams)
-            if isinstance(plan, Rejection):
-                log.status, log.reason = plan.status, plan.reason
-                log.key = key_id(key) if plan.status == 403 else "-"
-                await _send_response(send, plan.response())
+            plan = self._admit_config(request, key, log)
+            if isinstance(plan, ProxyResponse):
+                await _send_response(send, plan)
                 return
-            log.key = plan.key_id
-            slot_key = (plan.key, plan.zone)
             asked_at = self._clock()
-            ttl = self.config.config_cache_ttl
-            if config_should_fetch(
-                self._config.get(slot_key), asked_at, ttl, self._failure_backoff
-            ):
+            if self._config_stale(plan, asked_at):
                 await self._config_flight(plan, wait=True)
-            slot = self._config.get(slot_key)
-            just_fetched = bool(slot and slot.entry and slot.entry.fetched_at >= asked_at)
-            response, source = config_reply(
-                slot, self._clock(), ttl=ttl, head=plan.head, just_fetched=just_fetched
-            )
-            log.status, log.bytes_out = response.status, len(response.body)
-            log.reason = "ok" if source == "fresh" else f"config_{source}"
-            await _send_response(send, response)
+            await _send_response(send, self._config_answer(plan, asked_at, log))
         finally:
             log.emit()
 
@@ -666,30 +722,13 @@ class AsyncUploadProxy(_ProxyCore):
         ``max(config_cache_ttl, 5 s)`` it schedules one background refresh (asyncio only; at
         most one in flight per key; failures logged once) and still answers at once.
         """
-        matched = self.keys.match(key if key is not None else self.keys.primary)
-        if matched is None:
+        plan = self._background_plan(key)
+        if plan is None:
             return None
-        cfg_key, zone = matched
-        slot = self._config.get(matched)
         now = self._clock()
-        every = max(self.config.config_cache_ttl, MIN_BACKGROUND_REFRESH)
-        if (
-            matched not in self._flights
-            and not self._closed
-            and config_should_fetch(slot, now, every, self._failure_backoff)
-        ):
-            plan = ConfigPlan(
-                url=self.upstreams.config_url(zone, cfg_key),
-                key=cfg_key,
-                zone=zone,
-                key_id=key_id(cfg_key),
-                head=False,
-            )
+        if (plan.key, plan.zone) not in self._flights and self._wants_background_fetch(plan, now):
             self._spawn_flight(plan)
-        entry = slot.entry if slot else None
-        if entry is None or not config_is_fresh(slot, now, CONFIG_STALE_IF_ERROR):
-            return None
-        return entry.sampling
+        return self._cached_sampling(plan, now)
 
     async def remote_sampling(self, key: str | None = None) -> RemoteSampling | None:
         """The async form of :meth:`current_sampling`: never waits on the network."""
@@ -698,20 +737,11 @@ class AsyncUploadProxy(_ProxyCore):
     async def refresh_config(self, key: str | None = None) -> RemoteSampling | None:
         """Fetch the remote config now (bounded by ``config_timeout``) and return its
         sampling; for lifespan start-up (warm the cache) and tests."""
-        matched = self.keys.match(key if key is not None else self.keys.primary)
-        if matched is None:
+        plan = self._background_plan(key)
+        if plan is None:
             return None
-        cfg_key, zone = matched
-        plan = ConfigPlan(
-            url=self.upstreams.config_url(zone, cfg_key),
-            key=cfg_key,
-            zone=zone,
-            key_id=key_id(cfg_key),
-            head=False,
-        )
         await self._config_flight(plan, wait=True)
-        slot = self._config.get(matched)
-        return slot.entry.sampling if slot and slot.entry else None
+        return self._stored_sampling(plan)
 
     # -- config internals ---------------------------------------------------------------------
 
@@ -770,18 +800,8 @@ class AsyncUploadProxy(_ProxyCore):
         entry = None
         with anyio.move_on_after(self._config_timeout) as scope:
             try:
-                request = httpx.Request(
-                    "GET",
-                    plan.url,
-                    headers=[
-                        ("accept", "*/*"),
-                        ("accept-encoding", "identity"),
-                        ("user-agent", USER_AGENT),
-                    ],
-                    extensions={"timeout": self._config_timeouts},
-                )
                 response = await self.client.send(
-                    request, stream=True, follow_redirects=False, auth=None
+                    self._config_request(plan), stream=True, follow_redirects=False, auth=None
                 )
                 try:
                     status = response.status_code
@@ -798,11 +818,7 @@ class AsyncUploadProxy(_ProxyCore):
                 finally:
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
-                entry = config_entry(
-                    status, response.headers.get("content-type", ""), body, self._clock()
-                )
-                if entry is None:
-                    reason = f"upstream_status_{status}" if status != 200 else "upstream_bad_body"
+                entry, reason = self._config_outcome(response, body)
             except httpx.HTTPError as exc:
                 reason = _fault_kind(exc)
             except Exception:
@@ -932,14 +948,7 @@ class _Upload:
             if verdict is None:
                 continue
             if not verdict:
-                await self.reply(
-                    ProxyResponse(
-                        415,
-                        (("content-type", "application/json"), ("cache-control", "no-store")),
-                        b'{"error":"unsupported_payload"}',
-                    ),
-                    "unsupported_payload",
-                )
+                await self.reply(_UNSUPPORTED, "unsupported_payload")
             return verdict
 
     async def _body(self) -> AsyncGenerator[bytes, None]:
@@ -1013,12 +1022,7 @@ class _Upload:
             self.upstream_ok = False
             await self.reply(fault_response("upstream_redirect"), "upstream_redirect")
             return
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
-        # A transport may hand back a response it already read and decoded (httpx's
-        # MockTransport, some test doubles): then its bytes are decoded, so the encoding and
-        # length headers must go (notes/proxy.md §4: never decoded bytes with raw headers).
-        preread = response.is_stream_consumed
-        headers = filter_response_headers(raw, raw=not preread)
+        headers, preread = _relay_headers(response)
         self.log.status = status
         if not await self._emit(
             {"type": "http.response.start", "status": status, "headers": _encode(headers)}
@@ -1043,7 +1047,7 @@ class _Upload:
         self.finished = True
         self.upstream_ok = status < 500
         if status >= 400:
-            self.log.reason = f"upstream_{status}" if status >= 500 else "upstream_rejected"
+            self.log.reason = _upstream_reason(status)
         await self._emit({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def on_deadline(self) -> None:
@@ -1113,6 +1117,78 @@ _UNSUPPORTED: Final = ProxyResponse(
     (("content-type", "application/json"), ("cache-control", "no-store")),
     b'{"error":"unsupported_payload"}',
 )
+
+
+class _UploadCore:
+    """What an upload of :meth:`UploadProxy.track` and one of
+    :meth:`AsyncUploadProxy.track_stream` share (STYLE 12): the per-request state, the
+    upstream request, how a failure is answered and how the upstream answer is read. No I/O."""
+
+    def __init__(self, proxy: _ProxyCore, plan: TrackPlan, log: _Log) -> None:
+        self.proxy = proxy
+        self.plan = plan
+        self.log = log
+        self.gate = _BodyGate(proxy.replay_config.max_upload_bytes, plan.content_length)
+        self.prefetched: list[bytes] = []
+        self.upstream_ok: bool | None = None  # for the breaker; None = not the upstream's doing
+        self.response: httpx.Response | None = None
+        self._released = False
+
+    def _request(self, content: Iterator[bytes] | AsyncIterator[bytes]) -> httpx.Request:
+        import httpx
+
+        return httpx.Request(
+            "POST",
+            self.plan.url,
+            headers=list(self.plan.headers),
+            content=content,
+            extensions={"timeout": self.proxy._track_timeout},
+        )
+
+    def _failure(self, exc: Exception) -> tuple[ProxyResponse, str]:
+        """The answer (and outcome code) to a failure before the upstream answered; call it
+        from the ``except`` block (an unexpected error is logged with its traceback)."""
+        import httpx
+
+        if isinstance(exc, _ClientGone):
+            return error_response(400, "client_abort"), "client_abort"
+        if isinstance(exc, _BodyRejected):
+            return exc.rejection.response(), exc.rejection.reason
+        if isinstance(exc, _Deadline):
+            return fault_response("client_timeout"), "client_timeout"
+        if isinstance(exc, httpx.HTTPError):
+            kind = _fault_kind(exc)
+            if kind != "pool_exhausted":
+                self.upstream_ok = False
+            return fault_response(kind), kind
+        logger.exception("replay proxy: upload exchange failed unexpectedly")
+        return fault_response("upstream_error"), "proxy_error"
+
+    def _relay_start(self, response: httpx.Response) -> tuple[list[tuple[str, str]], bool] | None:
+        """The headers to relay and whether the body was preread (:func:`_relay_headers`),
+        with the log filled in; None when the upstream redirects (answer 502)."""
+        status = response.status_code
+        self.log.upstream = status
+        if upstream_status_is_redirect(status):
+            self.upstream_ok = False
+            return None
+        relayed = _relay_headers(response)
+        self.log.status = status
+        if status >= 400:
+            self.log.reason = _upstream_reason(status)
+        return relayed
+
+    def _aborted(self, exc: Exception) -> ResponseAborted:
+        """The upstream broke mid-response: no fabricated success (case 38); the server
+        aborts the client."""
+        self.upstream_ok = False
+        self.log.reason = _fault_kind(exc)
+        return ResponseAborted(self.log.reason)
+
+    def _settle(self) -> None:
+        """Feed the breaker and log the outcome (the caller holds any lock)."""
+        self.proxy._record_breaker(self.plan.zone, self.upstream_ok)
+        self.log.bytes_in = self.gate.counter.total
 
 
 class ProxyReply:
@@ -1231,6 +1307,8 @@ class UploadProxy(_ProxyCore):
     of the client's socket is the server's timeout to enforce).
     """
 
+    _client: httpx.Client | None
+
     def __init__(
         self,
         config: ReplayConfig,
@@ -1250,17 +1328,6 @@ class UploadProxy(_ProxyCore):
     ) -> None:
         import httpx
 
-        injected: Any = config.http_client
-        if client is None and transport is None and injected is not None:
-            if isinstance(injected, httpx.Client):
-                client = injected
-            elif isinstance(injected, httpx.BaseTransport):
-                transport = injected
-            else:
-                raise ValueError(
-                    "ReplayConfig: http_client must be an httpx.Client or an "
-                    f"httpx.BaseTransport for the WSGI middleware (got {type(injected)!r})"
-                )
         super().__init__(
             config,
             keys=keys,
@@ -1273,10 +1340,10 @@ class UploadProxy(_ProxyCore):
             breaker_threshold=breaker_threshold,
             breaker_open_for=breaker_open_for,
             clock=clock,
+            client=client,
+            transport=transport,
+            kinds=(httpx.Client, httpx.BaseTransport, "WSGI"),
         )
-        self._client: httpx.Client | None = client
-        self._transport = transport
-        self._owns_client = client is None and transport is None
         self._lock = threading.Lock()
         self._flights: dict[tuple[str, str], threading.Event] = {}
         self._threads: set[threading.Thread] = set()
@@ -1291,17 +1358,7 @@ class UploadProxy(_ProxyCore):
 
             with self._lock:
                 if self._client is None:
-                    self._client = httpx.Client(
-                        transport=self._transport,
-                        follow_redirects=False,
-                        trust_env=False,
-                        cookies=NullCookieJar(),
-                        limits=self._limits,
-                        timeout=httpx.Timeout(**self._track_timeout),
-                        http1=True,
-                        http2=False,
-                        verify=True,
-                    )
+                    self._client = httpx.Client(**self._client_options())
         return self._client
 
     def close(self) -> None:
@@ -1336,18 +1393,9 @@ class UploadProxy(_ProxyCore):
         upstream faults: those become statuses the SDK understands.
         """
         log = _Log("track", request.method)
-        plan = self._plan_track(request)
-        if isinstance(plan, Rejection):
-            log.status, log.reason = plan.status, plan.reason
-            log.key = _claimed_key_id(request)
-            return ProxyReply.complete(plan.response(), plan.reason, log.emit)
-        log.key = plan.key_id
-        retry = self._breakers[plan.zone].retry_after(self._clock())
-        if retry is not None:
-            log.status, log.reason = 503, "breaker_open"
-            return ProxyReply.complete(
-                fault_response("breaker_open", retry_after=retry), "breaker_open", log.emit
-            )
+        plan = self._admit_track(request, log)
+        if isinstance(plan, ProxyResponse):
+            return ProxyReply.complete(plan, log.reason, log.emit)
         self._adjust(1)
         exchange = _SyncUpload(self, plan, body, log)
         try:
@@ -1362,19 +1410,11 @@ class UploadProxy(_ProxyCore):
         """Answer ``GET/HEAD {prefix}/config/<key>`` within about a second: the cache, the
         upstream (≤ ``config_timeout``), the stale copy or the fallback, in that order."""
         log = _Log("config", request.method)
-        plan = plan_config(request, key, keys=self.keys, upstreams=self.upstreams)
-        if isinstance(plan, Rejection):
-            log.status, log.reason = plan.status, plan.reason
-            log.key = key_id(key) if plan.status == 403 else "-"
-            return ProxyReply.complete(plan.response(), plan.reason, log.emit)
-        log.key = plan.key_id
+        plan = self._admit_config(request, key, log)
+        if isinstance(plan, ProxyResponse):
+            return ProxyReply.complete(plan, log.reason, log.emit)
         asked_at = self._clock()
-        if config_should_fetch(
-            self._config.get((plan.key, plan.zone)),
-            asked_at,
-            self.replay_config.config_cache_ttl,
-            self._failure_backoff,
-        ):
+        if self._config_stale(plan, asked_at):
             self._config_flight(plan, wait=True)
         response = self._config_answer(plan, asked_at, log)
         return ProxyReply.complete(response, log.reason, log.emit)
@@ -1400,8 +1440,7 @@ class UploadProxy(_ProxyCore):
         if plan is None:
             return None
         self._config_flight(plan, wait=True)
-        slot = self._config.get((plan.key, plan.zone))
-        return slot.entry.sampling if slot and slot.entry else None
+        return self._stored_sampling(plan)
 
     def _config_flight(self, plan: ConfigPlan, *, wait: bool) -> None:
         """Join or start the one fetch in flight for this (key, zone). A waiting caller runs
@@ -1454,17 +1493,9 @@ class UploadProxy(_ProxyCore):
         entry = None
         deadline = time.monotonic() + self._config_timeout
         try:
-            request = httpx.Request(
-                "GET",
-                plan.url,
-                headers=[
-                    ("accept", "*/*"),
-                    ("accept-encoding", "identity"),
-                    ("user-agent", USER_AGENT),
-                ],
-                extensions={"timeout": self._config_timeouts},
+            response = self.client.send(
+                self._config_request(plan), stream=True, follow_redirects=False, auth=None
             )
-            response = self.client.send(request, stream=True, follow_redirects=False, auth=None)
             try:
                 status = response.status_code
                 body = b""
@@ -1479,11 +1510,7 @@ class UploadProxy(_ProxyCore):
                     body = b"".join(chunks)
             finally:
                 response.close()
-            entry = config_entry(
-                status, response.headers.get("content-type", ""), body, self._clock()
-            )
-            if entry is None:
-                reason = f"upstream_status_{status}" if status != 200 else "upstream_bad_body"
+            entry, reason = self._config_outcome(response, body)
         except _Deadline:
             reason = "upstream_timeout"
         except _TooBig:
@@ -1502,22 +1529,17 @@ class _TooBig(Exception):
     pass
 
 
-class _SyncUpload:
+class _SyncUpload(_UploadCore):
     """One sync upload in flight; all per-request state lives here (STYLE 5)."""
+
+    proxy: UploadProxy
 
     def __init__(
         self, proxy: UploadProxy, plan: TrackPlan, read: Callable[[int], bytes], log: _Log
     ) -> None:
-        self.proxy = proxy
-        self.plan = plan
+        super().__init__(proxy, plan, log)
         self.read = read
-        self.log = log
-        self.gate = _BodyGate(proxy.replay_config.max_upload_bytes, plan.content_length)
         self.deadline = time.monotonic() + proxy.replay_config.upstream_timeout
-        self.prefetched: list[bytes] = []
-        self.upstream_ok: bool | None = None
-        self.response: httpx.Response | None = None
-        self._released = False
 
     def release(self) -> None:
         """Return the pool slot, feed the breaker and log the outcome; once."""
@@ -1528,11 +1550,9 @@ class _SyncUpload:
             if self.response is not None:
                 self.response.close()
         finally:
-            proxy = self.proxy
-            with proxy._lock:
-                proxy._in_flight -= 1
-                proxy._record_breaker(self.plan.zone, self.upstream_ok)
-            self.log.bytes_in = self.gate.counter.total
+            with self.proxy._lock:
+                self.proxy._in_flight -= 1
+                self._settle()
             self.log.emit()
 
     def _answer(self, response: ProxyResponse, reason: str) -> ProxyReply:
@@ -1563,8 +1583,6 @@ class _SyncUpload:
                 yield chunk
 
     def run(self) -> ProxyReply:
-        import httpx
-
         try:
             verdict = self.gate.verdict()
             while verdict is None:
@@ -1574,45 +1592,21 @@ class _SyncUpload:
                 verdict = self.gate.verdict()
             if not verdict:
                 return self._answer(_UNSUPPORTED, "unsupported_payload")
-            request = httpx.Request(
-                "POST",
-                self.plan.url,
-                headers=list(self.plan.headers),
-                content=self._body(),
-                extensions={"timeout": self.proxy._track_timeout},
-            )
             self.response = self.proxy.client.send(
-                request, stream=True, follow_redirects=False, auth=None
+                self._request(self._body()), stream=True, follow_redirects=False, auth=None
             )
-        except _ClientGone:
-            return self._answer(error_response(400, "client_abort"), "client_abort")
-        except _BodyRejected as exc:
-            return self._answer(exc.rejection.response(), exc.rejection.reason)
-        except _Deadline:
-            return self._answer(fault_response("client_timeout"), "client_timeout")
-        except httpx.HTTPError as exc:
-            kind = _fault_kind(exc)
-            if kind != "pool_exhausted":
-                self.upstream_ok = False
-            return self._answer(fault_response(kind), kind)
-        except Exception:
-            logger.exception("replay proxy: upload exchange failed unexpectedly")
-            return self._answer(fault_response("upstream_error"), "proxy_error")
+        except Exception as exc:
+            return self._answer(*self._failure(exc))
         return self._relay(self.response)
 
     def _relay(self, response: httpx.Response) -> ProxyReply:
-        status = response.status_code
-        self.log.upstream = status
-        if upstream_status_is_redirect(status):
-            self.upstream_ok = False
+        relayed = self._relay_start(response)
+        if relayed is None:
             return self._answer(fault_response("upstream_redirect"), "upstream_redirect")
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
-        preread = response.is_stream_consumed
-        headers = filter_response_headers(raw, raw=not preread)
-        self.log.status = status
-        if status >= 400:
-            self.log.reason = f"upstream_{status}" if status >= 500 else "upstream_rejected"
-        return ProxyReply(status, headers, self._stream(response, preread), self.release)
+        headers, preread = relayed
+        return ProxyReply(
+            response.status_code, headers, self._stream(response, preread), self.release
+        )
 
     def _stream(self, response: httpx.Response, preread: bool) -> Iterator[bytes]:
         import httpx
@@ -1624,29 +1618,21 @@ class _SyncUpload:
                     self.log.bytes_out += len(chunk)
                     yield chunk
         except httpx.HTTPError as exc:
-            # Mid-response: no fabricated success (case 38); the server aborts the client.
-            self.upstream_ok = False
-            self.log.reason = _fault_kind(exc)
-            raise ResponseAborted(self.log.reason) from exc
+            raise self._aborted(exc) from exc
         self.upstream_ok = response.status_code < 500
 
 
-class _StreamUpload:
+class _StreamUpload(_UploadCore):
     """One upload of :meth:`AsyncUploadProxy.track_stream` (the body an async iterator)."""
+
+    proxy: AsyncUploadProxy
 
     def __init__(
         self, proxy: AsyncUploadProxy, plan: TrackPlan, body: AsyncIterator[bytes], log: _Log
     ) -> None:
-        self.proxy = proxy
-        self.plan = plan
+        super().__init__(proxy, plan, log)
         self.source = body
-        self.log = log
-        self.gate = _BodyGate(proxy.replay_config.max_upload_bytes, plan.content_length)
-        self.prefetched: list[bytes] = []
         self.waiting_client = False
-        self.upstream_ok: bool | None = None
-        self.response: httpx.Response | None = None
-        self._released = False
 
     async def release(self) -> None:
         if self._released:
@@ -1658,11 +1644,10 @@ class _StreamUpload:
                     await self.response.aclose()
         finally:
             self.proxy._in_flight -= 1
-            self.proxy._record_breaker(self.plan.zone, self.upstream_ok)
-            self.log.bytes_in = self.gate.counter.total
+            self._settle()
             self.log.emit()
 
-    def answer(self, response: ProxyResponse, reason: str) -> AsyncProxyReply:
+    def _answer(self, response: ProxyResponse, reason: str) -> AsyncProxyReply:
         self.log.status, self.log.reason = response.status, reason
         return AsyncProxyReply.complete(response, reason, self.release)
 
@@ -1690,8 +1675,6 @@ class _StreamUpload:
                 yield chunk
 
     async def run(self) -> AsyncProxyReply:
-        import httpx
-
         try:
             verdict = self.gate.verdict()
             while verdict is None:
@@ -1700,55 +1683,33 @@ class _StreamUpload:
                     self.prefetched.append(chunk)
                 verdict = self.gate.verdict()
             if not verdict:
-                return self.answer(_UNSUPPORTED, "unsupported_payload")
+                return self._answer(_UNSUPPORTED, "unsupported_payload")
             body = self._body()
-            request = httpx.Request(
-                "POST",
-                self.plan.url,
-                headers=list(self.plan.headers),
-                content=body,
-                extensions={"timeout": self.proxy._track_timeout},
-            )
             try:
                 self.response = await self.proxy.client.send(
-                    request, stream=True, follow_redirects=False, auth=None
+                    self._request(body), stream=True, follow_redirects=False, auth=None
                 )
             finally:
                 with anyio.CancelScope(shield=True):
                     await body.aclose()
-        except _ClientGone:
-            return self.answer(error_response(400, "client_abort"), "client_abort")
-        except _BodyRejected as exc:
-            return self.answer(exc.rejection.response(), exc.rejection.reason)
-        except httpx.HTTPError as exc:
-            kind = _fault_kind(exc)
-            if kind != "pool_exhausted":
-                self.upstream_ok = False
-            return self.answer(fault_response(kind), kind)
-        except Exception:
-            logger.exception("replay proxy: upload exchange failed unexpectedly")
-            return self.answer(fault_response("upstream_error"), "proxy_error")
+        except Exception as exc:
+            return self._answer(*self._failure(exc))
         return self._relay(self.response)
 
     def on_deadline(self) -> AsyncProxyReply:
         if self.waiting_client:
-            return self.answer(fault_response("client_timeout"), "client_timeout")
+            return self._answer(fault_response("client_timeout"), "client_timeout")
         self.upstream_ok = False
-        return self.answer(fault_response("upstream_timeout"), "upstream_timeout")
+        return self._answer(fault_response("upstream_timeout"), "upstream_timeout")
 
     def _relay(self, response: httpx.Response) -> AsyncProxyReply:
-        status = response.status_code
-        self.log.upstream = status
-        if upstream_status_is_redirect(status):
-            self.upstream_ok = False
-            return self.answer(fault_response("upstream_redirect"), "upstream_redirect")
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
-        preread = response.is_stream_consumed
-        headers = filter_response_headers(raw, raw=not preread)
-        self.log.status = status
-        if status >= 400:
-            self.log.reason = f"upstream_{status}" if status >= 500 else "upstream_rejected"
-        return AsyncProxyReply(status, headers, self._stream(response, preread), self.release)
+        relayed = self._relay_start(response)
+        if relayed is None:
+            return self._answer(fault_response("upstream_redirect"), "upstream_redirect")
+        headers, preread = relayed
+        return AsyncProxyReply(
+            response.status_code, headers, self._stream(response, preread), self.release
+        )
 
     async def _stream(self, response: httpx.Response, preread: bool) -> AsyncGenerator[bytes, None]:
         import httpx
@@ -1760,7 +1721,5 @@ class _StreamUpload:
                     self.log.bytes_out += len(chunk)
                     yield chunk
         except httpx.HTTPError as exc:
-            self.upstream_ok = False
-            self.log.reason = _fault_kind(exc)
-            raise ResponseAborted(self.log.reason) from exc
+            raise self._aborted(exc) from exc
         self.upstream_ok = response.status_code < 500

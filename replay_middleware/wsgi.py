@@ -45,7 +45,14 @@ from .config import ReplayConfig
 from .context import reset_current, set_current
 from .decision import ReplayContext
 from .engine import HttpResponse, ReplayEngine, RequestState
-from .proxy import DEFAULT_UPSTREAMS, RemoteSampling, Upstreams
+from .proxy import (
+    DEFAULT_UPSTREAMS,
+    ENDPOINT_TOO_LARGE,
+    ENDPOINT_UNAVAILABLE,
+    RemoteSampling,
+    Upstreams,
+    sdk_unavailable,
+)
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
 from .sdk import SdkProvider, SdkUnavailable
@@ -71,14 +78,6 @@ ENVIRON_KEY = "replay_middleware"
 MANUAL_NONCE_KEY = "replay_middleware.manual_nonce"
 
 _READ = 64 * 1024
-_UNAVAILABLE = HttpResponse(
-    503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
-)
-_TOO_LARGE = HttpResponse(
-    413,
-    [("content-type", "text/plain"), ("cache-control", "no-store")],
-    b"Payload size exceeded the limit",
-)
 
 
 def _decode_path(raw: str) -> str:
@@ -281,7 +280,7 @@ class ReplayWSGIMiddleware:
         except Exception:
             # A bug of ours before any byte went out: a status the SDK retries, never a 500.
             logger.exception("replay-middleware: proxy failed on %s", sub)
-            return _respond(start_response, _UNAVAILABLE)
+            return _respond(start_response, ENDPOINT_UNAVAILABLE)
         try:
             headers = list(reply.headers)
             if track and 200 <= reply.status < 300:
@@ -299,30 +298,19 @@ class ReplayWSGIMiddleware:
         except Exception:
             # Never a bare 500 from our code: the SDK treats 503 as "retry later".
             logger.exception("replay-middleware: endpoint %s failed", environ.get("PATH_INFO"))
-            result = _UNAVAILABLE
+            result = ENDPOINT_UNAVAILABLE
         return _respond(start_response, result)
 
     def _endpoint_response(self, request: RequestInfo, environ: Environ) -> HttpResponse:
         result = self.engine.endpoint(request, remote=self._remote_sampling())
         if result == "read_body":
             body = read_body(environ, self.config.max_upload_bytes)
-            result = _TOO_LARGE if body is None else self.engine.endpoint(request, body)
+            result = ENDPOINT_TOO_LARGE if body is None else self.engine.endpoint(request, body)
         if result == "sdk":
             try:
                 bundle = self.sdk.get()
             except SdkUnavailable as exc:
-                self.engine.log_once(
-                    "sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR
-                )
-                result = HttpResponse(
-                    503,
-                    [
-                        ("content-type", "text/plain"),
-                        ("cache-control", "no-store"),
-                        ("retry-after", "60"),
-                    ],
-                    b"SDK unavailable",
-                )
+                result = sdk_unavailable(self.engine, exc)
             else:
                 result = self.engine.sdk_response(request, bundle.body, bundle.etag)
         assert isinstance(result, HttpResponse)
