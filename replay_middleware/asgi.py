@@ -153,10 +153,7 @@ class ReplayMiddleware:
                 raise  # mid-response: only aborting the connection is honest now
             # A bug of ours before any byte went out: a status the SDK retries, never a 500.
             logger.exception("replay-middleware: proxy failed on %s", sub)
-            error = HttpResponse(
-                503, [("content-type", "text/plain"), ("cache-control", "no-store")], b"Unavailable"
-            )
-            await _send_response(send, error)
+            await _send_response(send, ENDPOINT_UNAVAILABLE)
         return True
 
     def _sliding_send(self, request: RequestInfo, send: Send) -> Send:
