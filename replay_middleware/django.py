@@ -72,10 +72,11 @@ from .context import reset_current, set_current
 from .csp import new_nonce
 from .decision import ReplayContext
 from .engine import HttpResponse, ReplayEngine, RequestState
-from .proxy import ENDPOINT_TOO_LARGE, ENDPOINT_UNAVAILABLE, RemoteSampling, sdk_unavailable
+from .proxy import ENDPOINT_UNAVAILABLE, RemoteSampling, sdk_unavailable
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
 from .sdk import AsyncSdkProvider, SdkProvider, SdkUnavailable
+from .wsgi import answer_endpoint
 
 if TYPE_CHECKING:
     from .upstream import AsyncProxyReply, AsyncUploadProxy, ProxyReply, UploadProxy
@@ -332,17 +333,13 @@ class ReplayMiddleware:
     def _endpoint(self, request: HttpRequest) -> HttpResponse:
         info = request_info(request)
         try:
-            result = self.engine.endpoint(info, remote=self._remote())
-            if result == "read_body":
-                body = _read_capped(request, self.config.max_upload_bytes)
-                result = ENDPOINT_TOO_LARGE if body is None else self.engine.endpoint(info, body)
-            if result == "sdk":
-                try:
-                    bundle = self.sdk.get()
-                except SdkUnavailable as exc:
-                    result = sdk_unavailable(self.engine, exc)
-                else:
-                    result = self.engine.sdk_response(info, bundle.body, bundle.etag)
+            result = answer_endpoint(
+                self.engine,
+                self.sdk,
+                info,
+                lambda: _read_capped(request, self.config.max_upload_bytes),
+                remote=self._remote(),
+            )
         except Exception:
             # Never a bare 500 from our code: the SDK treats 503 as "retry later".
             logger.exception("replay-middleware: endpoint %s failed", request.path)

@@ -60,7 +60,13 @@ from .sdk import SdkProvider, SdkUnavailable
 if TYPE_CHECKING:
     from .upstream import ProxyReply, UploadProxy
 
-__all__ = ["ENVIRON_KEY", "MANUAL_NONCE_KEY", "ReplayWSGIMiddleware", "request_info"]
+__all__ = [
+    "ENVIRON_KEY",
+    "MANUAL_NONCE_KEY",
+    "ReplayWSGIMiddleware",
+    "answer_endpoint",
+    "request_info",
+]
 
 logger = logging.getLogger("replay_middleware")
 
@@ -302,19 +308,39 @@ class ReplayWSGIMiddleware:
         return _respond(start_response, result)
 
     def _endpoint_response(self, request: RequestInfo, environ: Environ) -> HttpResponse:
-        result = self.engine.endpoint(request, remote=self._remote_sampling())
-        if result == "read_body":
-            body = read_body(environ, self.config.max_upload_bytes)
-            result = ENDPOINT_TOO_LARGE if body is None else self.engine.endpoint(request, body)
-        if result == "sdk":
-            try:
-                bundle = self.sdk.get()
-            except SdkUnavailable as exc:
-                result = sdk_unavailable(self.engine, exc)
-            else:
-                result = self.engine.sdk_response(request, bundle.body, bundle.etag)
-        assert isinstance(result, HttpResponse)
-        return result
+        return answer_endpoint(
+            self.engine,
+            self.sdk,
+            request,
+            lambda: read_body(environ, self.config.max_upload_bytes),
+            remote=self._remote_sampling(),
+        )
+
+
+def answer_endpoint(
+    engine: ReplayEngine,
+    sdk: SdkProvider,
+    request: RequestInfo,
+    read_body: Callable[[], bytes | None],
+    *,
+    remote: RemoteSampling | None,
+) -> HttpResponse:
+    """The sync endpoint flow shared by the WSGI adapter and Django's sync path: the engine's
+    answer, the body read only when the endpoint asks for it (``read_body`` returns None past
+    the cap), and the SDK bundle from ``sdk``. Raises only for bugs; callers answer 503."""
+    result = engine.endpoint(request, remote=remote)
+    if result == "read_body":
+        body = read_body()
+        result = ENDPOINT_TOO_LARGE if body is None else engine.endpoint(request, body)
+    if result == "sdk":
+        try:
+            bundle = sdk.get()
+        except SdkUnavailable as exc:
+            result = sdk_unavailable(engine, exc)
+        else:
+            result = engine.sdk_response(request, bundle.body, bundle.etag)
+    assert isinstance(result, HttpResponse)
+    return result
 
 
 def _respond(start_response: StartResponse, response: HttpResponse) -> list[bytes]:
