@@ -6,9 +6,11 @@ takes a ``RequestInfo`` and returns an ``HttpResponse``; the adapters route ever
 
 Pages (GET or HEAD):
 
-- ``{prefix}/inspect``: the sessions, newest first (device, start, pages, events, bytes);
-- ``{prefix}/inspect/<device>/<session>``: rrweb's player replaying the session, its pages and
-  uploads (decode errors included);
+- ``{prefix}/inspect``: the sessions, newest first (device, visit start and span, replay
+  length, pages, events, bytes);
+- ``{prefix}/inspect/<device>/<session>``: rrweb's player replaying the session, the pages of
+  the visit with when each started and how long the visitor stayed, and the uploads (decode
+  errors included);
 - ``{prefix}/inspect/<device>/<session>/events.json``: the decoded rrweb events, pretty JSON
   (``interactions.json``: the interaction events);
 - ``{prefix}/inspect/static/<file>``: ``inspector.js``, ``inspector.css`` and the vendored
@@ -23,6 +25,10 @@ behind a reverse proxy on the same machine does not expose the inspector. ``allo
 addresses or networks ("192.168.1.20", "10.0.0.0/8"); clients in it skip the ``Host`` check.
 Everyone else gets the same 404 as any unknown path under the prefix.
 
+The visit is not the replay: ``visit_span`` runs from the session's start (its id is the ms
+timestamp of its first request) to the last activity we know of, ``page_stays`` cuts it into
+the pages the visitor saw; both are pure functions of stored values (docs/inspector.md).
+
 Every value in a page comes from uploads and is hostile: the templates are rendered by Jinja2
 with autoescaping, URLs are percent-encoded path segments, and the pages carry their own strict
 CSP (no inline script; ``'unsafe-inline'`` styles only, which the player's layout and the
@@ -35,7 +41,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +55,17 @@ from .request import RequestInfo
 from .response import HttpResponse
 from .sdk import static_dir
 
-__all__ = ["INSPECTOR_CSP", "PLAYER_FILES", "PLAYER_VERSION", "Inspector", "PlayerFile"]
+__all__ = [
+    "INSPECTOR_CSP",
+    "PLAYER_FILES",
+    "PLAYER_VERSION",
+    "Inspector",
+    "PageStay",
+    "PlayerFile",
+    "VisitSpan",
+    "page_stays",
+    "visit_span",
+]
 
 #: The ``rrweb-player`` release vendored by ``scripts/setup.sh`` (keep the two in step). The
 #: 2.x line replays what the SDK's ``@amplitude/rrweb-record`` 2.1.5 records.
@@ -125,10 +141,112 @@ _NOT_FOUND: Final = HttpResponse(
     b"Not Found",
 )
 _LIST_LIMIT: Final = 500
+#: Page rows shown on a session page at most (an upload may report endless URL changes).
+_PAGE_LIMIT: Final = 500
+#: A session id more than this before the first event and the first upload is not the visit's
+#: start: a session ends after ``session_timeout`` (30 min) without activity, so a day of it
+#: before anything was recorded is implausible; such an id came stale or made up (from an
+#: identity hook or a foreign cookie).
+_MAX_SESSION_LEAD_MS: Final = 24 * 3600 * 1000
 _FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip")
 _FORWARDED_FOR = re.compile(r'for="?\[?([^\]";,]+)', re.IGNORECASE)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# -- the visit and its pages (pure) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisitSpan:
+    """The visit as the visitor lived it: ``start_ms`` to ``end_ms`` (epoch ms).
+
+    Not the replay's length (first to last rrweb event): the visit starts with the session's
+    first request, which may come before the recorder's first event, and ends with the last
+    activity we know of, which may be an upload received after the last event.
+    """
+
+    start_ms: int
+    end_ms: int
+
+    @property
+    def duration_ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+
+@dataclass(frozen=True)
+class PageStay:
+    """One page of a visit: ``url`` from ``start_ms`` (its first event reporting that URL) to
+    ``end_ms`` (the next page's start, or for the last page the session's last event)."""
+
+    url: str
+    start_ms: int
+    end_ms: int
+
+    @property
+    def duration_ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+
+def visit_span(
+    session_id: str,
+    *,
+    first_event_ms: int | None,
+    last_event_ms: int | None,
+    first_received_ms: int,
+    last_received_ms: int,
+) -> VisitSpan:
+    """The visit of one session, from the values the store keeps.
+
+    Start: the earliest of the session id (when it is a ms timestamp, as the SDK's and our
+    own are: the time of the session's first request; ignored if more than a day before the
+    other two), the first event's timestamp and the first upload's arrival. End: the later of
+    the last event's timestamp and the last upload's arrival; never before the start.
+
+    The session id and arrivals are the server's clock, event timestamps the browser's; in
+    local mode both are usually this machine's, and a skewed browser clock widens the span by
+    the skew rather than making it negative.
+    """
+    starts = [first_received_ms]
+    if first_event_ms is not None:
+        starts.append(first_event_ms)
+    session_start = _session_start_ms(session_id)
+    if session_start is not None and session_start >= min(starts) - _MAX_SESSION_LEAD_MS:
+        starts.append(session_start)
+    start = min(starts)
+    end = last_received_ms if last_event_ms is None else max(last_event_ms, last_received_ms)
+    return VisitSpan(start, max(start, end))
+
+
+def page_stays(marks: Iterable[tuple[int, str]], *, last_event_ms: int | None) -> list[PageStay]:
+    """The pages of a visit, in order, from its page marks (``LocalStore.page_marks``).
+
+    ``marks`` are ``(timestamp, url)`` of the events that report the page, in any order (they
+    are sorted by timestamp, stably): a page starts at a mark whose URL differs from the
+    page before; marks repeating the current URL (the Meta event of each full snapshot, the
+    URL-tracking plugin's first report) continue it, so a reload of the same URL is one
+    page too. A page ends where the next starts; the last one at ``last_event_ms`` (the
+    session's last event), or at its own start when that is unknown or earlier.
+    """
+    starts: list[tuple[int, str]] = []
+    for timestamp, url in sorted(marks, key=lambda mark: mark[0]):
+        if not starts or starts[-1][1] != url:
+            starts.append((timestamp, url))
+    stays: list[PageStay] = []
+    for index, (start, url) in enumerate(starts):
+        if index + 1 < len(starts):
+            end = starts[index + 1][0]
+        else:
+            end = start if last_event_ms is None else max(start, last_event_ms)
+        stays.append(PageStay(url, start, end))
+    return stays
+
+
+def _session_start_ms(session_id: str) -> int | None:
+    """The session id as a ms timestamp, if it is one (digits; 2001 to 2286 at 13 digits)."""
+    if session_id.isascii() and session_id.isdigit() and len(session_id) == 13:
+        return int(session_id)
+    return None
 
 
 class Inspector:
@@ -261,17 +379,38 @@ class Inspector:
 
     def _session_view(self, s: SessionSummary) -> dict[str, Any]:
         url = f"{self.base}/{_segment(s.device_id)}/{_segment(s.session_id)}"
-        duration = None if s.last_event_ms is None else max(0, s.last_event_ms - s.start_ms)
-        return {"s": s, "url": url, "duration": _duration(duration)}
+        visit = visit_span(
+            s.session_id,
+            first_event_ms=s.first_event_ms,
+            last_event_ms=s.last_event_ms,
+            first_received_ms=s.first_received_ms,
+            last_received_ms=s.last_received_ms,
+        )
+        replay = None
+        if s.first_event_ms is not None and s.last_event_ms is not None:
+            replay = s.last_event_ms - s.first_event_ms
+        return {
+            "s": s,
+            "url": url,
+            "visit": visit,
+            "visit_duration": _duration(visit.duration_ms),
+            "replay_duration": _duration(replay),
+        }
 
     def _session_page(self, s: SessionSummary) -> str:
         view = self._session_view(s)
         player = self._player_status()
         uploads = self.store.uploads(s.device_id, s.session_id)
+        visit: VisitSpan = view["visit"]
+        stays = page_stays(
+            self.store.page_marks(s.device_id, s.session_id), last_event_ms=s.last_event_ms
+        )
         return self._session.render(
             base=self.base,
             view=view,
             s=s,
+            stays=[_stay_view(stay, visit) for stay in stays[:_PAGE_LIMIT]],
+            stays_left_out=max(0, len(stays) - _PAGE_LIMIT),
             uploads=[_upload_view(u) for u in uploads],
             events_url=view["url"] + "/events.json",
             interactions_url=view["url"] + "/interactions.json",
@@ -389,6 +528,8 @@ def _utc(ms: int | None) -> str:
 def _duration(ms: int | None) -> str:
     if ms is None:
         return "-"
+    if 0 < ms < 1000:
+        return "< 1 s"
     seconds = ms // 1000
     if seconds < 60:
         return f"{seconds} s"
@@ -397,6 +538,24 @@ def _duration(ms: int | None) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def _offset(ms: int) -> str:
+    """An offset from the visit's start: "+0:00", "+4:05", "+1:02:03"."""
+    seconds = max(0, ms) // 1000
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"+{minutes}:{seconds:02d}"
+    hours, minutes = divmod(minutes, 60)
+    return f"+{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _stay_view(stay: PageStay, visit: VisitSpan) -> dict[str, Any]:
+    return {
+        "stay": stay,
+        "offset": _offset(stay.start_ms - visit.start_ms),
+        "duration": _duration(stay.duration_ms),
+    }
 
 
 def _upload_view(u: UploadRecord) -> dict[str, Any]:

@@ -48,9 +48,11 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 from .payloads import (
+    _URL_TRACKING_PLUGIN,
     MAX_DECODED_BYTES,
     DecodedPayload,
     DecodeError,
+    _event_href,
     decode_payload,
     parse_track_query,
 )
@@ -101,6 +103,9 @@ _KEPT_HEADERS = frozenset(
     }
 )
 _SECRET_QUERY = frozenset({"api_key"})
+# rrweb EventType.Meta and EventType.Plugin: the events that may report the page's URL.
+_META_EVENT = 4
+_PLUGIN_EVENT = 6
 
 _SCHEMA = (
     """CREATE TABLE sessions (
@@ -192,8 +197,10 @@ class SessionSummary:
     """One recorded session, as the inspector lists it.
 
     ``start_ms`` is the first event's timestamp (else the session id when it is a millisecond
-    timestamp, as the SDK's are, else the first upload's arrival); ``last_event_ms`` the last
-    event's. ``pages`` are the URLs seen, in order: Meta events' ``data.href``, the SDK's
+    timestamp, as the SDK's are, else the first upload's arrival); ``first_event_ms`` and
+    ``last_event_ms`` the first and last rrweb event's (None without events): the replay's
+    length, not the visit's (the inspector's ``visit_span`` is that). ``pages`` are the URLs
+    seen, each once, in order of first sight: Meta events' ``data.href``, the SDK's
     URL-tracking plugin events and the ``X-Client-Url`` header. ``wire_bytes`` adds up the
     upload bodies as received.
     """
@@ -210,6 +217,7 @@ class SessionSummary:
     upload_count: int
     error_count: int
     wire_bytes: int
+    first_event_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -650,6 +658,7 @@ class LocalStore:
             upload_count=uploads,
             error_count=errors,
             wire_bytes=wire,
+            first_event_ms=None if first_ev is None else int(first_ev),
         )
 
     @staticmethod
@@ -679,6 +688,34 @@ class LocalStore:
                 f"SELECT json FROM {table} WHERE sid = ? ORDER BY timestamp, id", (sid,)
             ).fetchall()
         return [json.loads(row[0]) for row in rows]
+
+    def page_marks(self, device_id: str, session_id: str) -> list[tuple[int, str]]:
+        """``(timestamp, url)`` of every event that reports the page, in timestamp order
+        (arrival order on ties): rrweb Meta events (``data.href``, one per page load and per
+        full snapshot) and the SDK's URL-tracking plugin events (client-side navigation).
+        Uploads that arrived out of order are read back in event order. [] if none."""
+        with self._lock:
+            conn = self._connection()
+            sid = self._sid(conn, device_id, session_id)
+            if sid is None:
+                return []
+            # instr() keeps other plugins' events (console logs: many, large) out of Python.
+            rows = conn.execute(
+                "SELECT timestamp, type, json FROM events WHERE sid = ? AND (type = ?"
+                " OR (type = ? AND instr(json, ?) > 0)) ORDER BY timestamp, id",
+                (sid, _META_EVENT, _PLUGIN_EVENT, _URL_TRACKING_PLUGIN),
+            ).fetchall()
+        marks: list[tuple[int, str]] = []
+        for timestamp, kind, text in rows:
+            try:
+                event = json.loads(text)
+            except ValueError:  # pragma: no cover - only valid JSON is stored
+                continue
+            # payloads.py owns the rule (the same one that fills the pages table on upload).
+            href = _event_href(kind, event.get("data") if isinstance(event, dict) else None)
+            if href is not None:
+                marks.append((int(timestamp), href))
+        return marks
 
     def uploads(self, device_id: str, session_id: str) -> list[UploadRecord]:
         """The session's uploads in arrival order, bodies left out."""

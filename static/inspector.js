@@ -5,7 +5,9 @@
  *
  * - Every <time data-ms> is rewritten in the viewer's local time zone (the server writes UTC).
  * - On a session page, #player[data-events-url] is filled with rrweb-player (the vendored UMD
- *   bundle, global `rrwebPlayer`) replaying the events fetched from that URL.
+ *   bundle, global `rrwebPlayer`) replaying the events fetched from that URL, with every
+ *   `autofocus` attribute taken out first (see stripAutofocus).
+ * - The page list's button.seek[data-seek-ms] (an event timestamp) replays from that moment.
  *   window.__replayInspector exposes {player, events} (or {error}) for tests and debugging.
  */
 (() => {
@@ -19,6 +21,46 @@
       el.textContent = new Date(ms).toLocaleString();
     }
   }
+
+  /*
+   * The player rebuilds the recording in an iframe sandboxed without allow-scripts, where an
+   * element inserted with `autofocus` makes chromium log "Blocked autofocusing on a <input>
+   * element ..." (once per rebuild: every seek). rrweb-player 2.0.0-alpha.20 has no option
+   * for it (the sandbox is fixed, plugins' onBuild runs after insertion for mutations), so the
+   * attribute is removed from the events: the full snapshots' node trees, the nodes mutations
+   * add, and attribute mutations. A replay must never move focus anyway; nothing else changes.
+   */
+  const isAutofocus = (name) => name.toLowerCase() === "autofocus";
+  const stripAttributes = (attributes) => {
+    if (!attributes || typeof attributes !== "object") return;
+    for (const name of Object.keys(attributes)) {
+      if (isAutofocus(name)) delete attributes[name];
+    }
+  };
+  const stripTree = (node) => {
+    const stack = [node];
+    while (stack.length) {
+      const n = stack.pop();
+      if (!n || typeof n !== "object") continue;
+      stripAttributes(n.attributes);
+      if (Array.isArray(n.childNodes)) stack.push(...n.childNodes);
+    }
+  };
+  const stripAutofocus = (events) => {
+    for (const e of events) {
+      const data = e && e.data;
+      if (!data || typeof data !== "object") continue;
+      if (e.type === 2) {  // FullSnapshot
+        stripTree(data.node);
+      } else if (e.type === 3 && data.source === 0) {  // IncrementalSnapshot, Mutation
+        for (const add of Array.isArray(data.adds) ? data.adds : []) stripTree(add && add.node);
+        for (const change of Array.isArray(data.attributes) ? data.attributes : []) {
+          stripAttributes(change && change.attributes);
+        }
+      }
+    }
+    return events;
+  };
 
   const root = d.getElementById("player");
   const status = d.getElementById("player-status");
@@ -51,6 +93,7 @@
         fail("Nothing to replay: the session has no Meta event (page size), which rrweb needs.");
         return;
       }
+      stripAutofocus(events);
       const width = Math.max(320, Math.min(root.clientWidth || 1024, 1600));
       const player = new Player({
         target: root,
@@ -64,9 +107,20 @@
         },
       });
       window.__replayInspector = { player, events };
-      say(events.length + " events, " +
+      say(events.length + " events, a replay of " +
           Math.round((events[events.length - 1].timestamp - events[0].timestamp) / 1000) +
-          " s. Press play to watch the replay.");
+          " s. Press play to watch it, or replay a page from the list below.");
+      // The player's clock starts at the first event; a page's button holds its timestamp.
+      const first = events[0].timestamp;
+      for (const button of d.querySelectorAll("button.seek[data-seek-ms]")) {
+        const at = Number(button.getAttribute("data-seek-ms"));
+        if (!Number.isFinite(at)) continue;
+        button.disabled = false;
+        button.addEventListener("click", () => {
+          player.goto(Math.max(0, at - first), true);
+          root.scrollIntoView({ block: "nearest" });
+        });
+      }
     })
     .catch((err) => fail("Could not load the events: " + (err && err.message ? err.message : err)));
 })();

@@ -15,7 +15,17 @@ import html5lib
 import pytest
 
 from replay_middleware.engine import HttpResponse
-from replay_middleware.inspector import INSPECTOR_CSP, PLAYER_FILES, PLAYER_VERSION, Inspector
+from replay_middleware.inspector import (
+    INSPECTOR_CSP,
+    PLAYER_FILES,
+    PLAYER_VERSION,
+    Inspector,
+    PageStay,
+    VisitSpan,
+    _duration,
+    page_stays,
+    visit_span,
+)
 from replay_middleware.local_store import LocalStore
 from replay_middleware.request import RequestInfo
 from replay_middleware.sdk import static_dir
@@ -57,6 +67,27 @@ def upload(
 
 def _q(value: str) -> str:
     return quote(value, safe="")
+
+
+def url_change(ts: int, href: str) -> dict[str, Any]:
+    """The SDK's URL-tracking plugin event: a client-side navigation."""
+    return {
+        "type": 6,
+        "timestamp": ts,
+        "data": {"plugin": "amplitude/url-tracking@1", "payload": {"href": href}},
+    }
+
+
+def upload_events(
+    store: LocalStore, evs: list[dict[str, Any]], received_ms: int, *, session: str = SESSION
+) -> None:
+    body = json.dumps({"version": 1, "events": [json.dumps(e) for e in evs]}).encode()
+    query = f"device_id={_q(DEVICE)}&session_id={_q(session)}&type=replay"
+    assert store.add(query, {}, body, received_ms).error is None
+
+
+def text_of(element: ET.Element) -> str:
+    return "".join(element.itertext()).strip()
 
 
 def get(
@@ -202,7 +233,7 @@ def test_session_page_lists_pages_and_upload_errors(
 
     assert b"invalid gzip data" in response.body
     assert b"1 could not be stored or decoded" in response.body
-    pages = parse(response).findall(f".//{NS}ol/{NS}li")
+    pages = parse(response).findall(f".//{NS}table[@class='stays']//{NS}td[@title]")
     assert [p.text for p in pages] == ["https://shop.test/a"]
 
 
@@ -302,6 +333,250 @@ def test_other_methods_are_405(inspector: Inspector, method: str) -> None:
     assert (response.status, header(response, "allow")) == (405, "GET, HEAD")
 
 
+# --- the visit and its pages --------------------------------------------------------------------
+
+S = T0  # a session id's start: the session's first request
+MIN = 60_000
+
+
+@pytest.mark.parametrize(
+    ("session_id", "first_event", "last_event", "first_received", "last_received", "expected"),
+    [
+        pytest.param(
+            str(S), S + 2000, S + 5 * MIN, S + 10_000, S + 5 * MIN + 3000,
+            (S, S + 5 * MIN + 3000), id="session-start-to-last-upload",
+        ),
+        pytest.param(
+            str(S), S + 2000, S + 5 * MIN, S + 10_000, S + 4 * MIN,
+            (S, S + 5 * MIN), id="last-event-after-last-upload",
+        ),
+        pytest.param(
+            str(S + 3000), S + 1000, S + 9000, S + 5000, S + 9500,
+            (S + 1000, S + 9500), id="browser-clock-behind-the-session-id",
+        ),
+        pytest.param(
+            str(S), None, None, S + 4000, S + 8000, (S, S + 8000), id="no-events",
+        ),
+        pytest.param(
+            "abc", S + 2000, S + 3000, S + 2500, S + 6000,
+            (S + 2000, S + 6000), id="session-id-not-a-timestamp",
+        ),
+        pytest.param(
+            "1", S + 2000, S + 3000, S + 2500, S + 6000,
+            (S + 2000, S + 6000), id="session-id-too-short",
+        ),
+        pytest.param(
+            str(S - 25 * 60 * MIN), S + 2000, S + 3000, S + 2500, S + 6000,
+            (S + 2000, S + 6000), id="session-id-more-than-a-day-earlier",
+        ),
+        pytest.param(
+            str(S - 23 * 60 * MIN), S + 2000, S + 3000, S + 2500, S + 6000,
+            (S - 23 * 60 * MIN, S + 6000), id="session-id-hours-earlier",
+        ),
+        pytest.param(
+            str(S), S, S, S, S, (S, S), id="single-event-received-at-once",
+        ),
+    ],
+)  # fmt: skip
+def test_visit_span(
+    session_id: str,
+    first_event: int | None,
+    last_event: int | None,
+    first_received: int,
+    last_received: int,
+    expected: tuple[int, int],
+) -> None:
+    span = visit_span(
+        session_id,
+        first_event_ms=first_event,
+        last_event_ms=last_event,
+        first_received_ms=first_received,
+        last_received_ms=last_received,
+    )
+
+    assert (span.start_ms, span.end_ms) == expected
+    assert span.duration_ms == expected[1] - expected[0]
+
+
+def test_visit_span_never_ends_before_it_starts() -> None:
+    # A browser clock far ahead: the events come after the (server-clock) uploads.
+    span = visit_span(
+        "x", first_event_ms=S + 9000, last_event_ms=S + 9000, first_received_ms=S,
+        last_received_ms=S,
+    )  # fmt: skip
+
+    assert span == VisitSpan(S, S + 9000)
+
+
+def test_page_stays_for_full_page_loads() -> None:
+    marks = [(S, "/a"), (S + 30_000, "/b"), (S + 95_000, "/c")]
+
+    assert page_stays(marks, last_event_ms=S + 100_000) == [
+        PageStay("/a", S, S + 30_000),
+        PageStay("/b", S + 30_000, S + 95_000),
+        PageStay("/c", S + 95_000, S + 100_000),
+    ]
+
+
+def test_page_stays_follow_spa_url_changes_and_merge_repeats() -> None:
+    marks = [
+        (S, "/shop"),  # Meta of the page load
+        (S + 3, "/shop"),  # the URL-tracking plugin's first report
+        (S + 4000, "/shop/cart"),  # pushState
+        (S + 9000, "/shop/cart"),  # Meta of a later full snapshot
+        (S + 12_000, "/shop"),  # back
+    ]
+
+    stays = page_stays(marks, last_event_ms=S + 20_000)
+
+    assert [(p.url, p.start_ms, p.duration_ms) for p in stays] == [
+        ("/shop", S, 4000),
+        ("/shop/cart", S + 4000, 8000),
+        ("/shop", S + 12_000, 8000),
+    ]
+
+
+def test_page_stays_of_a_single_event_session() -> None:
+    assert page_stays([(S, "/a")], last_event_ms=S) == [PageStay("/a", S, S)]
+
+
+def test_page_stays_without_a_last_event_end_at_their_start() -> None:
+    assert page_stays([(S, "/a")], last_event_ms=None) == [PageStay("/a", S, S)]
+    assert page_stays([(S + 10, "/a")], last_event_ms=S) == [PageStay("/a", S + 10, S + 10)]
+
+
+def test_page_stays_sort_out_of_order_marks() -> None:
+    # Uploads arrived out of order; equal timestamps keep their given order.
+    marks = [(S + 50, "/c"), (S, "/a"), (S + 20, "/b"), (S + 20, "/b2")]
+
+    stays = page_stays(marks, last_event_ms=S + 60)
+
+    assert [(p.url, p.start_ms, p.end_ms) for p in stays] == [
+        ("/a", S, S + 20),
+        ("/b", S + 20, S + 20),
+        ("/b2", S + 20, S + 50),
+        ("/c", S + 50, S + 60),
+    ]
+
+
+def test_page_stays_of_no_marks() -> None:
+    assert page_stays([], last_event_ms=S) == []
+
+
+def test_list_page_shows_the_visit_span_and_the_replay_length(
+    store: LocalStore, inspector: Inspector
+) -> None:
+    # Events from T0 + 2 s to T0 + 62 s, the last upload received at T0 + 75 s.
+    upload_events(
+        store,
+        [
+            {"type": 4, "timestamp": T0 + 2000, "data": {"href": "https://shop.test/a"}},
+            {"type": 2, "timestamp": T0 + 2001, "data": {"node": {"type": 0, "childNodes": []}}},
+        ],
+        T0 + 5000,
+    )
+    upload_events(store, [url_change(T0 + 62_000, "https://shop.test/b")], T0 + 75_000)
+
+    response = get(inspector, BASE)
+
+    document = parse(response)
+    headers = [text_of(th) for th in document.findall(f".//{NS}thead//{NS}th")]
+    assert headers[2:5] == ["Visit start", "Visit span", "Replay length"]
+    cells = [text_of(td) for td in document.findall(f".//{NS}tbody/{NS}tr/{NS}td")]
+    assert cells[2:5] == ["2025-01-01 00:00:00 UTC", "1 min 15 s", "1 min 00 s"]
+
+
+def test_session_page_shows_the_visit_and_the_pages_with_their_times(
+    store: LocalStore, inspector: Inspector
+) -> None:
+    # The second page's batch is received first; the session id is T0 (its first request).
+    upload_events(
+        store,
+        [
+            {"type": 4, "timestamp": T0 + 65_000, "data": {"href": "https://shop.test/pay"}},
+            {"type": 2, "timestamp": T0 + 65_001, "data": {"node": {"type": 0}}},
+            {"type": 3, "timestamp": T0 + 70_000, "data": {"source": 2, "type": 2, "id": 1}},
+        ],
+        T0 + 71_000,
+    )
+    upload_events(
+        store,
+        [
+            {"type": 4, "timestamp": T0 + 1500, "data": {"href": "https://shop.test/"}},
+            {"type": 2, "timestamp": T0 + 1501, "data": {"node": {"type": 0}}},
+            url_change(T0 + 1502, "https://shop.test/"),
+            url_change(T0 + 20_500, "https://shop.test/cart"),
+        ],
+        T0 + 72_000,
+    )
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
+
+    document = parse(response)
+    visit = document.find(f".//{NS}dd[@id='visit']")
+    assert visit is not None
+    assert text_of(visit).startswith(
+        "1 min 12 s, 2025-01-01 00:00:00 UTC to 2025-01-01 00:01:12 UTC"
+    )
+    replay = document.find(f".//{NS}dd[@id='replay']")
+    assert replay is not None and text_of(replay).startswith("1 min 08 s ")
+    rows = document.findall(f".//{NS}table[@class='stays']/{NS}tbody/{NS}tr")
+    assert [[text_of(td) for td in row.findall(f"{NS}td")][:5] for row in rows] == [
+        ["1", "https://shop.test/", "+0:01", "2025-01-01 00:00:01 UTC", "19 s"],
+        ["2", "https://shop.test/cart", "+0:20", "2025-01-01 00:00:20 UTC", "44 s"],
+        ["3", "https://shop.test/pay", "+1:05", "2025-01-01 00:01:05 UTC", "5 s"],
+    ]
+    buttons = document.findall(f".//{NS}button[@class='seek']")
+    assert [b.get("data-seek-ms") for b in buttons] == [
+        str(T0 + 1500),
+        str(T0 + 20_500),
+        str(T0 + 65_000),
+    ]
+    # Enabled by inspector.js once the player holds the events.
+    assert all(b.get("disabled") == "" for b in buttons)
+
+
+def test_session_page_without_page_events_lists_the_upload_urls(
+    store: LocalStore, inspector: Inspector
+) -> None:
+    body = json.dumps({"version": 1, "events": [json.dumps(events()[2])]}).encode()
+    upload(store, body=body, href="https://shop.test/from-header")
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
+
+    document = parse(response)
+    assert document.find(f".//{NS}table[@class='stays']") is None
+    assert b"No recorded event reports the page" in response.body
+    pages = document.findall(f".//{NS}ol/{NS}li")
+    assert [p.text for p in pages] == ["https://shop.test/from-header"]
+
+
+def test_session_page_caps_the_page_rows(
+    store: LocalStore, inspector: Inspector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("replay_middleware.inspector._PAGE_LIMIT", 2)
+    upload_events(store, [url_change(T0 + i, f"https://shop.test/{i}") for i in range(5)], T0 + 9)
+
+    response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
+
+    assert len(parse(response).findall(f".//{NS}table[@class='stays']/{NS}tbody/{NS}tr")) == 2
+    assert b"And 3 more page changes, not shown." in response.body
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        pytest.param(0, "0 s", id="zero"),
+        pytest.param(400, "< 1 s", id="sub-second"),
+        pytest.param(59_999, "59 s", id="seconds"),
+        pytest.param(61_000, "1 min 01 s", id="minutes"),
+        pytest.param(3_726_000, "1 h 02 min", id="hours"),
+    ],
+)
+def test_durations_read_as_people_write_them(ms: int, text: str) -> None:
+    assert _duration(ms) == text
+
+
 # --- static files ------------------------------------------------------------------------------
 
 
@@ -361,6 +636,7 @@ def test_missing_player_says_run_make_setup(store: LocalStore, static_root: Path
     document = parse(response)
     assert [s.get("src") for s in document.iter(f"{NS}script")] == [f"{BASE}/static/inspector.js"]
     assert document.find(f".//{NS}div[@id='player']") is None
+    assert document.find(f".//{NS}button") is None, "nothing to seek without the player"
     assert b"events.json" in response.body
     assert get(inspector, f"{BASE}/static/{PLAYER_FILES[0].name}").status == 404
     assert get(inspector, BASE).status == 200

@@ -247,6 +247,64 @@ def test_pages_come_from_meta_url_tracking_and_the_header(store: LocalStore) -> 
     assert summary.pages == ("https://a.test/a", "https://a.test/b", "https://a.test/c")
 
 
+def url_change(ts: int, href: str) -> dict[str, Any]:
+    """The SDK's URL-tracking plugin event (SR src/plugins/url-tracking-plugin.ts)."""
+    return event(
+        6,
+        ts,
+        plugin="amplitude/url-tracking@1",
+        payload={"href": href, "title": "", "type": "url-change-event"},
+    )
+
+
+def test_page_marks_are_meta_and_url_tracking_events_in_time_order(store: LocalStore) -> None:
+    console = event(6, T0 + 30, plugin="rrweb/console@1", payload={"href": "https://a.test/x"})
+    # The second page's batch arrives before the first page's (a retried upload).
+    store.add(query(), {}, payload(1, [meta(T0 + 60, "https://a.test/c"), incr(T0 + 70)]), T0 + 80)
+    store.add(
+        query(),
+        {"x-client-url": "https://a.test/a"},
+        payload(
+            1,
+            [
+                meta(T0, "https://a.test/a"),
+                full(T0 + 1),
+                url_change(T0 + 2, "https://a.test/a"),
+                console,
+                url_change(T0 + 40, "https://a.test/b"),
+                event(4, T0 + 50, width=1, height=1),  # a Meta event without href
+            ],
+        ),
+        T0 + 90,
+    )
+
+    assert store.page_marks(DEVICE, SESSION) == [
+        (T0, "https://a.test/a"),
+        (T0 + 2, "https://a.test/a"),
+        (T0 + 40, "https://a.test/b"),
+        (T0 + 60, "https://a.test/c"),
+    ]
+    assert store.page_marks(DEVICE, "404") == []
+
+
+def test_summary_keeps_the_first_and_last_event(store: LocalStore) -> None:
+    store.add(query(), {}, payload(1, [incr(T0 + 50), incr(T0 + 60)]), T0 + 70)
+    store.add(query(), {}, payload(1, [meta(T0 + 5, "https://a.test/"), full(T0 + 6)]), T0 + 80)
+
+    [summary] = store.sessions()
+
+    assert (summary.first_event_ms, summary.last_event_ms) == (T0 + 5, T0 + 60)
+    assert (summary.first_received_ms, summary.last_received_ms) == (T0 + 70, T0 + 80)
+
+
+def test_summary_without_events_has_no_event_times(store: LocalStore) -> None:
+    store.add(query(), {}, b"\x1f\x8bbroken", T0 + 5)
+
+    [summary] = store.sessions()
+
+    assert (summary.first_event_ms, summary.last_event_ms) == (None, None)
+
+
 def test_pages_per_session_are_capped(store: LocalStore) -> None:
     for i in range(MAX_PAGES_PER_SESSION + 20):
         store.add(query(), {"x-client-url": f"https://a.test/{i}"}, payload(1, []), T0 + i)

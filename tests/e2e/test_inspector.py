@@ -3,9 +3,11 @@
 The app is written here: it serves a page that runs the real SDK bundle (same-origin, no
 middleware), answers the SDK's config request as local mode does, stores every upload in a
 ``LocalStore`` and routes ``/_replay/inspect/...`` to an ``Inspector``. A browser records the
-page (typing, a click that adds text, a ``pagehide``: its tail arrives twice, by fetch and by
-beacon), then the inspector's session page must replay it under its own CSP with zero
-violations. The session page's screenshot is written to ``.cache/screenshots/``.
+page (an ``autofocus`` input, typing, a click that adds text and another ``autofocus`` input,
+a client-side navigation, a ``pagehide``: its tail arrives twice, by fetch and by beacon), then
+the inspector's session page must replay it under its own CSP with zero violations and no
+"Blocked autofocusing" console noise, and list both pages of the visit. The session page's
+screenshot is written to ``.cache/screenshots/``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ RECORDED_PAGE = """<!doctype html>
 </head><body>
 <div class="hero">Checkout page of the recorded shop</div>
 <div class="card"><p>Order summary: three items.</p>
-<label>Card holder <input id="holder" name="holder"></label>
+<label>Card holder <input id="holder" name="holder" autofocus></label>
 <button id="add" type="button">Add a note</button>
 <div id="notes"></div></div>
 </body></html>"""
@@ -66,10 +68,15 @@ document.addEventListener("DOMContentLoaded", () => {
     const p = document.createElement("p");
     p.className = "note";
     p.textContent = "Note added by a click";
-    document.getElementById("notes").appendChild(p);
+    const more = document.createElement("input");
+    more.className = "note-input";
+    more.autofocus = true;
+    document.getElementById("notes").append(p, more);
   });
 });
 """
+# A single-page app's navigation: the SDK's URL-tracking plugin reports it.
+PAYMENT_PATH = "/checkout/payment"
 
 
 class RecordingApp:
@@ -157,6 +164,8 @@ def recorded(
         page.fill("#holder", "Jane Secret")
         page.click("#add")
         page.wait_for_timeout(300)
+        page.evaluate(f"() => history.pushState({{}}, '', {PAYMENT_PATH!r})")
+        page.wait_for_timeout(300)
         # Page exit sends the tail twice: keepalive fetch and v2 beacon (PROTOCOL §1.3). The
         # event is dispatched by hand so that the page lives until the fetch has left too.
         page.evaluate("() => window.dispatchEvent(new PageTransitionEvent('pagehide'))")
@@ -189,8 +198,10 @@ def test_recording_is_stored_once_with_its_page(
     assert [e["timestamp"] for e in events] == sorted(e["timestamp"] for e in events)
     assert [e["type"] for e in events[:2]] == [4, 2]
     [summary] = store.sessions()
-    assert summary.pages == (lab.page_url,)
+    base, _ = recorded
+    assert summary.pages == (lab.page_url, base + PAYMENT_PATH)
     assert "Jane Secret" not in json.dumps(events), "inputs are masked by default"
+    assert '"autofocus"' in json.dumps(events), "stored as recorded; the player's copy is not"
 
 
 def test_session_page_replays_the_recording_without_csp_violations(
@@ -201,6 +212,10 @@ def test_session_page_replays_the_recording_without_csp_violations(
     base, lab = recorded
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Chromium's own messages too ("Blocked autofocusing on a <input> element because the
+    # element's frame is sandboxed ...", logged by the replayer's iframe on every rebuild).
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.set_viewport_size({"width": 1280, "height": 1000})
 
     listing = page.goto(base + PREFIX + "/inspect")
@@ -222,14 +237,44 @@ def test_session_page_replays_the_recording_without_csp_violations(
     frame.locator("p.note").first.wait_for(timeout=WAIT_S * 1000)
     assert frame.locator("p.note").count() == 1
     assert frame.locator("p.note").inner_text() == "Note added by a click"
+    assert frame.locator("input.note-input").count() == 1
+    assert frame.locator("#holder").get_attribute("autofocus") is None
     hero = frame.locator(".hero").evaluate("e => getComputedStyle(e).backgroundColor")
     assert hero == "rgb(30, 90, 200)", "the recorded page's <style> applies in the replay"
+    assert "autofocus" not in json.dumps(page.evaluate("() => window.__replayInspector.events"))
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = page.screenshot(path=str(SCREENSHOTS / "inspector-session.png"), full_page=True)
     assert len(shot) > 10_000
     assert csp_violations(page) == []
     assert errors == []
+    assert [m for m in console if "autofocus" in m.lower() or m.startswith("error")] == []
+
+
+def test_session_page_lists_the_pages_and_replays_from_one(
+    recorded: tuple[str, RecordingApp], page: Page
+) -> None:
+    base, lab = recorded
+    page.goto(session_url(base, lab))
+    page.wait_for_function("() => window.__replayInspector", timeout=WAIT_S * 1000)
+
+    rows = page.locator("table.stays tbody tr")
+    assert rows.locator(".page-url").all_inner_texts() == [lab.page_url, base + PAYMENT_PATH]
+    offsets = rows.locator(".offset").all_inner_texts()
+    assert offsets[0].startswith("+0:0"), offsets  # the page's load, seconds into the visit
+    visit = page.locator("#visit").inner_text()
+    assert "the session's start to its last known activity" in visit
+    # The second page: the player jumps to the pushState.
+    events = page.evaluate("() => window.__replayInspector.events")
+    pushed = next(
+        e["timestamp"]
+        for e in events
+        if e["type"] == 6 and e["data"]["payload"]["href"] == base + PAYMENT_PATH
+    )
+    rows.nth(1).locator("button.seek").click()
+    now = page.evaluate("() => window.__replayInspector.player.getReplayer().getCurrentTime()")
+    assert now >= pushed - events[0]["timestamp"] - 50
+    page.frame_locator(".replayer-wrapper iframe").locator("p.note").wait_for(timeout=WAIT_S * 1000)
 
 
 def test_events_json_is_one_click_away(recorded: tuple[str, RecordingApp], page: Page) -> None:
