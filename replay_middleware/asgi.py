@@ -99,6 +99,7 @@ class ReplayMiddleware:
         if scope["type"] != "http" or SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
+        self.engine.announce()  # the start-up warnings, on the first request only
         path = scope.get("path", "")
         if path == self.engine.prefix or path.startswith(self._prefix_slash):
             if self._proxying and await self._proxy(

@@ -84,6 +84,24 @@ _CLIENT_IP = ("mask", "full", "drop")
 _BLOCKED_WORDS = ("amplitude", "analytics", "track", "replay-browser", "telemetry", "beacon")
 
 
+class _ModeDefaultRate(float):
+    """``sample_rate`` as the user left it: unset. ``__post_init__`` resolves it to 1.0 in local
+    mode (a new user sees recordings at once, issue 7) and 0.0 with an ``api_key`` (SPEC 2;
+    the project's remote config then decides), keeping this type as the mark.
+
+    A float, so the field is a plain ``float`` to every reader; a type of its own, so a rate
+    the user chose (even ``0.0``) is told apart from the default, also when
+    ``dataclasses.replace`` passes the resolved value back in (a local config replaced into
+    one with an ``api_key`` then falls back to 0.0 rather than keeping local mode's 1.0).
+    """
+
+    __slots__ = ()
+
+
+#: The default of ``ReplayConfig.sample_rate`` before ``__post_init__`` resolves it.
+_UNSET_RATE = _ModeDefaultRate(0.0)
+
+
 def _callable_or_none(name: str, value: object) -> None:
     if value is not None and not callable(value):
         raise ValueError(f"ReplayConfig: {name} must be a callable or None (got {value!r})")
@@ -93,13 +111,14 @@ def _callable_or_none(name: str, value: object) -> None:
 class ReplayConfig:
     """All options of replay-middleware; see the README's configuration table.
 
-    Defaults give local mode (no ``api_key``): uploads stay on this machine.
+    Defaults give local mode (no ``api_key``): uploads stay on this machine, and every session
+    is recorded unless ``sample_rate`` is set.
     """
 
     # Project
     api_key: str | None = None
     server_zone: str = "US"
-    sample_rate: float = 0.0
+    sample_rate: float = _UNSET_RATE  # unset: 1.0 in local mode, 0.0 with an api_key
     opt_out: bool = False
     # First-party endpoints
     prefix: str = "/_replay"
@@ -174,6 +193,8 @@ class ReplayConfig:
             )
         set_(self, "server_zone", zone)
         rate = self.sample_rate
+        if isinstance(rate, _ModeDefaultRate):
+            rate = _ModeDefaultRate(1.0 if self.api_key is None else 0.0)
         if (
             isinstance(rate, bool)
             or not isinstance(rate, (int, float))
@@ -187,7 +208,7 @@ class ReplayConfig:
             raise ValueError(
                 f"ReplayConfig: sample_rate supports at most 6 decimals, as the SDK (got {rate!r})"
             )
-        set_(self, "sample_rate", float(rate))
+        set_(self, "sample_rate", rate if isinstance(rate, _ModeDefaultRate) else float(rate))
         if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", self.prefix or ""):
             raise ValueError(
                 "ReplayConfig: prefix must start with '/', must not end with '/', and may hold only "
@@ -314,19 +335,39 @@ class ReplayConfig:
         """O2: the decision header is off by default and on in local mode."""
         return self.local_mode if self.debug_header is None else self.debug_header
 
+    @property
+    def sample_rate_is_default(self) -> bool:
+        """``sample_rate`` was not given (constructor argument, ``REPLAY_SAMPLE_RATE``, a
+        settings key), so it is the mode's default: 1.0 in local mode, 0.0 with an api_key."""
+        return isinstance(self.sample_rate, _ModeDefaultRate)
+
     def startup_warnings(self) -> list[str]:
-        """Human-readable warnings to log once at start-up (SPEC O4)."""
+        """Human-readable warnings for the start-up log (SPEC O4); the middleware logs them
+        once, on its first request."""
         warnings: list[str] = []
         if self.local_mode:
+            recorded = (
+                "; every session is recorded (sample_rate defaults to 1 in local mode)"
+                if self.sample_rate_is_default
+                else ""
+            )
             warnings.append(
                 "replay-middleware runs in local mode (no api_key): recordings stay on this "
-                "machine and nothing is sent to Amplitude"
+                f"machine and nothing is sent to Amplitude{recorded}"
             )
-        elif self.sample_rate == 0 and self.force_sample is None:
-            warnings.append(
-                "sample_rate is 0: no session will be recorded unless the project's remote "
-                "config sets a sample rate"
-            )
+        if self.sample_rate == 0 and self.force_sample is None:
+            if self.local_mode:
+                # Local mode has no remote config to raise the rate: nothing will ever record.
+                warnings.append(
+                    "sample_rate is 0 in local mode, so this middleware RECORDS NOTHING (every "
+                    "decision is not_in_sample). Remove sample_rate to record every session, "
+                    "or set it above 0"
+                )
+            else:
+                warnings.append(
+                    "sample_rate is 0: no session will be recorded unless the project's remote "
+                    "config sets a sample rate"
+                )
         lowered = self.prefix.lower()
         for word in _BLOCKED_WORDS:
             if word in lowered:

@@ -49,8 +49,6 @@ written after our merge, so the snippet would be blocked).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import logging
 import re
@@ -72,6 +70,7 @@ from .context import reset_current, set_current
 from .csp import new_nonce
 from .decision import ReplayContext
 from .engine import HttpResponse, ReplayEngine, RequestState
+from .identity import derive_secret_key
 from .proxy import ENDPOINT_UNAVAILABLE, RemoteSampling, sdk_unavailable
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
@@ -126,9 +125,7 @@ def config_from_settings() -> ReplayConfig:
     keys = {str(k).lower().removeprefix("replay_") for k in data}
     secret = getattr(settings, "SECRET_KEY", "")
     if "secret_key" not in keys and secret:
-        data["secret_key"] = hmac.new(
-            str(secret).encode(), b"replay_middleware.identity-cookie", hashlib.sha256
-        ).hexdigest()
+        data["secret_key"] = derive_secret_key(str(secret))
     return ReplayConfig.from_mapping(data)
 
 
@@ -304,6 +301,7 @@ class ReplayMiddleware:
         get_response: GetResponse = self.get_response  # type: ignore[assignment]
         if self._steps_aside(request):
             return get_response(request)
+        self.engine.announce()  # the start-up warnings, on the first request only
         if self.engine.is_endpoint(request.path):
             sub = self._proxied(request.path)
             if sub is not None:
@@ -407,6 +405,7 @@ class ReplayMiddleware:
         get_response: AsyncGetResponse = self.get_response  # type: ignore[assignment]
         if self._steps_aside(request):
             return await get_response(request)
+        self.engine.announce()
         if self.engine.is_endpoint(request.path):
             sub = self._proxied(request.path)
             if sub is not None:

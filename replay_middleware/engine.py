@@ -1,12 +1,14 @@
 """ReplayEngine: everything about a request that is the same for ASGI and WSGI.
 
-Sans-IO: built once per middleware from a ``ReplayConfig`` (it reads the loader file from the
-package at start-up and nothing else), then answers pure questions: which identity and
-decision a request gets (``begin``), what a first-party endpoint answers (``endpoint``), how a
-response is rewritten (``rewriter``, see ``rewrite.py``). The adapters only translate their
-world's request and response into these calls and back (STYLE 3).
+Sans-IO: built once per middleware from a ``ReplayConfig`` (at start-up it reads the loader
+file from the package and checks that the vendored SDK bundle exists, nothing else), then
+answers pure questions: which identity and decision a request gets (``begin``), what a
+first-party endpoint answers (``endpoint``), how a response is rewritten (``rewriter``, see
+``rewrite.py``). The adapters only translate their world's request and response into these
+calls and back (STYLE 3).
 
-The engine never changes after ``__init__`` (STYLE 5), except the set of log-once keys.
+The engine never changes after ``__init__`` (STYLE 5), except the set of log-once keys and
+the start-up warnings still to log (emptied by the first request, see ``announce``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +36,7 @@ from .proxy import DEFAULT_UPSTREAMS, RemoteSampling
 from .request import RequestInfo
 from .response import HttpResponse
 from .routes import RouteRules, glob_to_regex
-from .sdk import CDN_BASE, pin_for, static_dir
+from .sdk import CDN_BASE, cdn_url, pin_for, static_dir, vendor_path
 from .snippet import SnippetRenderer, SnippetSettings
 
 __all__ = ["HttpResponse", "ReplayEngine", "RequestState"]
@@ -98,6 +101,31 @@ class _LogOnce:
             logger.log(level, msg, *args)
 
 
+class _StartupNotices:
+    """The start-up warnings (SPEC O4), logged once on the first request, not when the engine
+    is built: Flask's CLI builds the app, and so the middleware, for every command (``flask
+    routes``, ``flask shell``), which would print them each time (issue 7).
+
+    ``pending`` (emptied once logged) is, with the log-once keys, the only state of the engine
+    that changes after ``__init__`` (STYLE 5); the lock hands the messages to exactly one of
+    several concurrent first requests.
+    """
+
+    __slots__ = ("_lock", "pending")
+
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        self.pending = messages
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if not self.pending:  # every request after the first: one attribute read, no lock
+            return
+        with self._lock:
+            messages, self.pending = self.pending, ()
+        for message in messages:
+            logger.warning("replay-middleware: %s", message)
+
+
 class ReplayEngine:
     """The framework-neutral heart of the middleware; one per middleware instance."""
 
@@ -106,17 +134,18 @@ class ReplayEngine:
         self.clock = clock
         self.log_once = _LogOnce()
         self.routes = RouteRules(config.exclude, config.include)
+        notices: list[str] = []
         secret = config.secret_key
         if secret is None:
             # Local mode only (ReplayConfig refuses an api_key without a secret).
             secret = secrets.token_urlsafe(32)
-            logger.warning(
-                "replay-middleware: no secret_key; using a random per-process key, so identity "
-                "cookies are reset when the process restarts"
+            notices.append(
+                "no secret_key is set (with Flask: neither REPLAY_SECRET_KEY nor SECRET_KEY; "
+                "with Django: no SECRET_KEY); identity cookies are signed with a random "
+                "per-process key, so visitors get new ids whenever the process restarts"
             )
         self.codec = IdentityCodec(secret)
-        for warning in (*config.startup_warnings(), *self.routes.browser_warnings):
-            logger.warning("replay-middleware: %s", warning)
+        notices = [*notices, *config.startup_warnings(), *self.routes.browser_warnings]
 
         prefix = config.prefix
         self.prefix = prefix
@@ -190,13 +219,30 @@ class ReplayEngine:
             # Opens lazily: building the engine touches no file.
             self.store = LocalStore(config.local_store_dir, max_bytes=config.local_store_max_bytes)
             self.inspector = Inspector(self.store, prefix, allow=config.inspector_allow)
-            logger.warning(
-                "replay-middleware: local mode: uploads are kept in %s/; open %s/inspect to replay them",
-                config.local_store_dir.rstrip("/"),
-                prefix,
+            notices.append(
+                f"local mode: uploads are kept in {config.local_store_dir.rstrip('/')}/; "
+                f"open {prefix}/inspect to replay them"
             )
+        if config.sdk_source == "first-party" and not vendor_path(config.sdk_version).is_file():
+            # Pages are still injected: the CDN download usually succeeds, and when it does
+            # not, the loader's script fails to load and the page itself is unaffected (H9).
+            notices.append(
+                f"the Session Replay SDK bundle is not installed ({vendor_path(config.sdk_version)} "
+                f"is missing): pages still get the recorder, and {self.sdk_path} will be "
+                f"downloaded once from Amplitude's CDN ({cdn_url(config.sdk_version)}) on its "
+                "first request; if the CDN cannot be reached, that path answers 503 and nothing "
+                "is recorded. Run `make setup` in a checkout, or install a wheel that carries "
+                "the bundle"
+            )
+        #: Logged on the first request, not here (see ``announce``).
+        self._startup = _StartupNotices(tuple(notices))
 
     # -- per request ------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Log the start-up warnings, once per engine, on its first request; adapters call
+        this at the top of every request they handle (a flag test after the first)."""
+        self._startup()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

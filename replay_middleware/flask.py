@@ -4,8 +4,8 @@ What it adds over wrapping ``app.wsgi_app`` by hand (SPEC F2; STYLE 15):
 
 - configuration from ``app.config``: every ``REPLAY_*`` key goes to
   ``ReplayConfig.from_mapping`` (a bad key or value raises ``ValueError`` at ``init_app``), and
-  ``secret_key`` defaults to the app's ``SECRET_KEY`` (the identity cookie is signed with its
-  own salt, so sharing the secret is safe);
+  ``secret_key`` defaults to a key derived from the app's ``SECRET_KEY`` of any length (an
+  HMAC, as the Django integration does);
 - ``app.wsgi_app`` wrapped in :class:`~replay_middleware.wsgi.ReplayWSGIMiddleware`, outside
   every Flask hook, so the middleware sees the final response headers: flask-talisman sets its
   CSP in an ``after_request`` hook, which runs *inside* the WSGI app (notes/csp.md (c));
@@ -14,6 +14,8 @@ What it adds over wrapping ``app.wsgi_app`` by hand (SPEC F2; STYLE 15):
   which then injects nothing more on that page and only merges the CSP so the snippet runs.
 
 The decision of the request is ``current_replay()`` inside a view, as with every adapter.
+Start-up warnings (local mode, sample rate 0, a missing SDK bundle...) are logged once, on the
+first request, not by ``init_app``: the ``flask`` CLI builds the app for every command.
 
 Teardown: none is registered (Flask has no process-shutdown hook). The middleware holds an HTTP
 client (with an API key) or the local store (in local mode), which the operating system releases
@@ -35,6 +37,7 @@ from markupsafe import Markup
 from .config import ReplayConfig
 from .csp import new_nonce
 from .engine import RequestState
+from .identity import derive_secret_key
 from .proxy import Upstreams
 from .wsgi import ENVIRON_KEY, MANUAL_NONCE_KEY, ReplayWSGIMiddleware
 
@@ -142,13 +145,16 @@ def talisman_nonce() -> str | None:
 def config_from_flask(settings: Mapping[str, Any], secret_key: object = None) -> ReplayConfig:
     """``ReplayConfig`` from the ``REPLAY_*`` keys of ``settings`` (``app.config``).
 
-    ``secret_key`` (the app's ``SECRET_KEY``) is used when ``REPLAY_SECRET_KEY`` is absent and
-    it is long enough to sign with (bytes are hex-encoded).
+    Without ``REPLAY_SECRET_KEY`` the cookie signing key is derived from ``secret_key`` (the
+    app's ``SECRET_KEY``, ``str`` or ``bytes``, any length) as Django's integration does: an
+    HMAC with a purpose string, so the app's key itself is never used as is and two processes
+    with the same ``SECRET_KEY`` accept each other's cookies. A missing or empty
+    ``SECRET_KEY`` leaves ``secret_key`` unset: local mode then signs with a random
+    per-process key and says so on the first request; with an ``api_key`` it is an error.
     """
     data = {k: v for k, v in settings.items() if k.startswith(CONFIG_PREFIX)}
-    if isinstance(secret_key, bytes):
-        secret_key = secret_key.hex()
     key = f"{CONFIG_PREFIX}SECRET_KEY"
-    if key not in data and isinstance(secret_key, str) and len(secret_key) >= 16:
-        data[key] = secret_key
+    if key not in data and secret_key:
+        raw = secret_key if isinstance(secret_key, (str, bytes)) else str(secret_key)
+        data[key] = derive_secret_key(raw)
     return ReplayConfig.from_mapping(data)

@@ -21,6 +21,7 @@ and the reason is logged at debug level.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import logging
@@ -35,7 +36,13 @@ from itsdangerous.encoding import base64_decode, base64_encode
 from .config import ReplayConfig
 from .request import RequestInfo
 
-__all__ = ["Identity", "IdentityCodec", "IdentityResult", "resolve_identity"]
+__all__ = [
+    "Identity",
+    "IdentityCodec",
+    "IdentityResult",
+    "derive_secret_key",
+    "resolve_identity",
+]
 
 logger = logging.getLogger("replay_middleware.identity")
 
@@ -70,6 +77,19 @@ class IdentityResult:
     write_cookie: bool
     #: Why a fresh identity or session was started (debug logging, tests), or None.
     event: str | None = None
+
+
+def derive_secret_key(app_secret: str | bytes) -> str:
+    """The cookie signing key derived from a framework's secret (Django's or Flask's
+    ``SECRET_KEY``), for when ``secret_key`` is not set.
+
+    An HMAC-SHA256 with a purpose string, hex-encoded: any non-empty secret works, whatever
+    its length (so it always meets ``secret_key``'s 16-character minimum), and the project's
+    key itself is never used as is. ``bytes`` (Flask's ``os.urandom`` keys) are used as they
+    are; a ``str`` as its UTF-8 encoding.
+    """
+    raw = app_secret if isinstance(app_secret, bytes) else app_secret.encode()
+    return hmac.new(raw, b"replay_middleware.identity-cookie", hashlib.sha256).hexdigest()
 
 
 class IdentityCodec:

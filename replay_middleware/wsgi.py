@@ -233,6 +233,7 @@ class ReplayWSGIMiddleware:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if ENVIRON_KEY in environ:
             return self.app(environ, start_response)
+        self.engine.announce()  # the start-up warnings, on the first request only
         path = _path(environ)
         if path == self.engine.prefix or path.startswith(self._prefix_slash):
             sub = path[len(self.engine.prefix) :]

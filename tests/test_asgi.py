@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -473,3 +474,101 @@ async def test_lifespan_shutdown_releases_our_resources(monkeypatch: pytest.Monk
     await ReplayMiddleware(app, config=ReplayConfig())({"type": "lifespan"}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert closed == [True]
+
+
+# -- start-up: local-mode default rate, warnings on the first request (issue 7) --------------
+
+
+def _replay_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "replay_middleware" and r.levelno == logging.WARNING
+    ]
+
+
+async def test_local_mode_records_every_session_when_sample_rate_is_unset(
+    tmp_path: Path,
+) -> None:
+    mw = ReplayMiddleware(
+        responder(start(), body(PAGE)), config=ReplayConfig(local_store_dir=str(tmp_path))
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
+        r = await client.get("/")
+    assert r.headers["x-replay-decision"] == "in_sample"
+    assert r.headers["x-replay-middleware"] == "injected"
+
+
+async def test_explicit_zero_in_local_mode_records_nothing_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    config = ReplayConfig(sample_rate=0, local_store_dir=str(tmp_path))
+    mw = ReplayMiddleware(responder(start(), body(PAGE)), config=config)
+    assert _replay_warnings(caplog) == []  # nothing at construction
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
+        r = await client.get("/")
+        assert r.headers["x-replay-decision"] == "not_in_sample"
+        assert r.content == PAGE
+        first = _replay_warnings(caplog)
+        assert [m for m in first if "RECORDS NOTHING" in m]
+        await client.get("/")
+        await client.get(mw.engine.loader_path)
+    assert _replay_warnings(caplog) == first  # once, not per request
+
+
+async def test_lifespan_alone_logs_no_startup_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(m: Message) -> None:
+        pass
+
+    mw = ReplayMiddleware(app, config=ReplayConfig(sample_rate=0))
+    await mw({"type": "lifespan"}, receive, send)
+    assert _replay_warnings(caplog) == []
+
+
+async def test_missing_sdk_bundle_is_announced_once_and_pages_still_injected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "vendor" / "session-replay-browser-1.51.6-min.js"
+    monkeypatch.setattr("replay_middleware.engine.vendor_path", lambda version: missing)
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    mw = ReplayMiddleware(
+        responder(start(), body(PAGE)), config=ReplayConfig(local_store_dir=str(tmp_path))
+    )
+    assert _replay_warnings(caplog) == []
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
+        r = await client.get("/")
+        await client.get("/")
+    assert r.headers["x-replay-middleware"] == "injected"
+    [message] = [m for m in _replay_warnings(caplog) if "SDK bundle" in m]
+    assert str(missing) in message
+    assert "/_replay/sdk/1.51.6.js" in message and "cdn.amplitude.com" in message
+    assert "make setup" in message
+
+
+async def test_sdk_from_the_cdn_needs_no_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(
+        "replay_middleware.engine.vendor_path", lambda version: tmp_path / "missing.js"
+    )
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    config = ReplayConfig(sdk_source="cdn", local_store_dir=str(tmp_path))
+    await run(responder(start(), body(PAGE)), scope(), config=config)
+    assert _replay_warnings(caplog)  # the local-mode ones
+    assert not [m for m in _replay_warnings(caplog) if "SDK bundle" in m]

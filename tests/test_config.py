@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -11,7 +14,8 @@ def test_defaults_are_local_mode() -> None:
     config = ReplayConfig()
     assert config.local_mode
     assert config.prefix == "/_replay"
-    assert config.sample_rate == 0.0
+    assert config.sample_rate == 1.0  # local mode records every session unless told otherwise
+    assert config.sample_rate_is_default
     assert config.show_debug_header
 
 
@@ -112,3 +116,65 @@ def test_startup_warnings_flag_blocked_prefix_words() -> None:
     warnings = ReplayConfig(prefix="/amplitude").startup_warnings()
     assert any("ad-blocker" in w for w in warnings)
     assert any("local mode" in w for w in warnings)
+
+
+KEYED: dict[str, Any] = {"api_key": "key123", "secret_key": "s" * 32}
+
+
+@pytest.mark.parametrize(
+    ("build", "rate", "default"),
+    [
+        pytest.param(lambda: ReplayConfig(), 1.0, True, id="local-unset"),
+        pytest.param(lambda: ReplayConfig(**KEYED), 0.0, True, id="api-key-unset"),
+        pytest.param(lambda: ReplayConfig(sample_rate=0), 0.0, False, id="local-explicit-0"),
+        pytest.param(lambda: ReplayConfig(sample_rate=0.5), 0.5, False, id="local-explicit"),
+        pytest.param(
+            lambda: ReplayConfig(sample_rate=1, **KEYED), 1.0, False, id="api-key-explicit"
+        ),
+        pytest.param(lambda: ReplayConfig.from_env({}), 1.0, True, id="env-unset"),
+        pytest.param(
+            lambda: ReplayConfig.from_env({"REPLAY_SAMPLE_RATE": "0"}), 0.0, False, id="env-0"
+        ),
+        pytest.param(
+            lambda: ReplayConfig.from_mapping({"sample_rate": 0.0}), 0.0, False, id="mapping-0"
+        ),
+        pytest.param(lambda: ReplayConfig.from_mapping({}), 1.0, True, id="mapping-unset"),
+    ],
+)
+def test_sample_rate_defaults_to_one_in_local_mode_only_when_unset(
+    build: Callable[[], ReplayConfig], rate: float, default: bool
+) -> None:
+    config = build()
+    assert (config.sample_rate, config.sample_rate_is_default) == (rate, default)
+    assert type(config.sample_rate) is float or default  # explicit rates are plain floats
+
+
+def test_replace_keeps_an_unset_rate_unset() -> None:
+    local = ReplayConfig()
+    keyed = dataclasses.replace(local, **KEYED)
+    assert (keyed.sample_rate, keyed.sample_rate_is_default) == (0.0, True)
+    back = dataclasses.replace(keyed, api_key=None)
+    assert (back.sample_rate, back.sample_rate_is_default) == (1.0, True)
+    chosen = dataclasses.replace(ReplayConfig(sample_rate=0.25), **KEYED)
+    assert (chosen.sample_rate, chosen.sample_rate_is_default) == (0.25, False)
+
+
+def test_unset_rate_in_local_mode_says_every_session_is_recorded() -> None:
+    warnings = ReplayConfig().startup_warnings()
+    assert any("every session is recorded" in w for w in warnings)
+    assert not any("RECORDS NOTHING" in w for w in warnings)
+
+
+def test_explicit_zero_in_local_mode_warns_records_nothing() -> None:
+    warnings = ReplayConfig(sample_rate=0).startup_warnings()
+    assert any("sample_rate is 0 in local mode" in w and "RECORDS NOTHING" in w for w in warnings)
+
+
+def test_explicit_zero_with_force_sample_does_not_warn() -> None:
+    warnings = ReplayConfig(sample_rate=0, force_sample=lambda r: True).startup_warnings()
+    assert not any("RECORDS NOTHING" in w for w in warnings)
+
+
+def test_unset_rate_with_api_key_keeps_the_remote_config_warning() -> None:
+    warnings = ReplayConfig(**KEYED).startup_warnings()
+    assert any("unless the project's remote config sets a sample rate" in w for w in warnings)

@@ -10,7 +10,10 @@ Python >= 3.12 and is not covered here (the venv is 3.11); django-csp 4 is.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -580,3 +583,70 @@ def test_pages_still_injected_with_an_api_key(
 ) -> None:
     body = driver.body(driver.get("/"))
     assert body.count(DATA_BLOCK) == 1 and f'"apiKey":"{KEY}"'.encode() in body
+
+
+# -- start-up: local-mode default rate, warnings on the first request (issue 7) --------------
+
+
+def _replay_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "replay_middleware" and r.levelno == logging.WARNING
+    ]
+
+
+def test_local_mode_records_every_session_when_sample_rate_is_unset(
+    driver: Driver, tmp_path: Path
+) -> None:
+    with override_settings(REPLAY_MIDDLEWARE={"local_store_dir": str(tmp_path / "store")}):
+        response = driver.get("/")
+    assert response["x-replay-decision"] == "in_sample"
+    assert driver.body(response).count(DATA_BLOCK) == 1
+
+
+def test_explicit_zero_records_nothing(driver: Driver, replay_settings: Callable[..., Any]) -> None:
+    replay_settings(sample_rate=0)
+    response = driver.get("/")
+    assert response["x-replay-decision"] == "not_in_sample"
+    assert driver.body(response) == PAGE
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_startup_warnings_wait_for_the_first_request_and_come_once(
+    replay_settings: Callable[..., Any], caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    replay_settings(sample_rate=0)
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    if mode == "sync":
+        middleware = ReplayMiddleware(home)
+
+        def call() -> None:
+            middleware(RequestFactory().get("/"))
+
+    else:
+        middleware = ReplayMiddleware(async_home)
+
+        def call() -> None:
+            asyncio.run(middleware(RequestFactory().get("/")))
+
+    assert _replay_warnings(caplog) == []  # building the middleware logs nothing
+    call()
+    first = _replay_warnings(caplog)
+    assert [m for m in first if "RECORDS NOTHING" in m]
+    call()
+    assert _replay_warnings(caplog) == first
+
+
+def test_secret_key_is_derived_from_django_secret_key() -> None:
+    from django.conf import settings
+
+    from replay_middleware.django import config_from_settings
+    from replay_middleware.identity import derive_secret_key
+
+    secret = settings.SECRET_KEY
+    derived = config_from_settings().secret_key
+    assert derived == derive_secret_key(secret)
+    # The derivation Django deployments have used so far: their cookies stay valid.
+    legacy = hmac.new(secret.encode(), b"replay_middleware.identity-cookie", hashlib.sha256)
+    assert derived == legacy.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import re
 import weakref
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from flask_talisman import Talisman  # type: ignore[import-untyped]
 from examples.flask_app.app import create_app as create_example
 from replay_middleware import ReplayConfig, current_replay
 from replay_middleware.flask import SessionReplay
+from replay_middleware.identity import derive_secret_key
 
 DATA_BLOCK = '<script type="application/json" id="replay-middleware-config">'
 PAGE = "<!DOCTYPE html><html><head><title>t</title>{head}</head><body><p>hi</p></body></html>"
@@ -172,12 +174,13 @@ def test_explicit_config_wins_over_app_config(make_app: AppFactory, tmp_path: Pa
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        pytest.param({"SECRET_KEY": "s" * 32}, "s" * 32, id="flask-secret"),
-        pytest.param({"SECRET_KEY": b"\x01" * 16}, "01" * 16, id="bytes-hex"),
+        pytest.param({"SECRET_KEY": "s" * 32}, derive_secret_key("s" * 32), id="flask-secret"),
+        pytest.param({"SECRET_KEY": "dev"}, derive_secret_key("dev"), id="short-derived"),
+        pytest.param({"SECRET_KEY": b"\x01" * 8}, derive_secret_key(b"\x01" * 8), id="bytes"),
         pytest.param(
             {"SECRET_KEY": "s" * 32, "REPLAY_SECRET_KEY": "r" * 16}, "r" * 16, id="replay-wins"
         ),
-        pytest.param({"SECRET_KEY": "short"}, None, id="too-short-ignored"),
+        pytest.param({"SECRET_KEY": ""}, None, id="empty"),
         pytest.param({}, None, id="none"),
     ],
 )
@@ -188,6 +191,63 @@ def test_secret_key_defaults_to_flask_secret_key(
     assert app.extensions["replay_middleware"].middleware_for(app).engine.config.secret_key == (
         expected
     )
+
+
+def test_short_secret_key_signs_cookies_another_process_accepts(make_app: AppFactory) -> None:
+    first = make_app(SECRET_KEY="dev").test_client()
+    first.get("/")
+    cookie = first.get_cookie("replay_id")
+    assert cookie is not None
+    # Another app (another worker, or the same app after a restart) with the same SECRET_KEY.
+    second = make_app(SECRET_KEY="dev").test_client()
+    second.set_cookie("replay_id", cookie.value)
+    device, session, *_ = cookie.value.split(".")
+    assert second.get("/whoami").json == {
+        "reason": "in_sample",
+        "session": int(session),
+        "device": device,
+    }
+    other = make_app(SECRET_KEY="other").test_client()
+    other.set_cookie("replay_id", cookie.value)
+    foreign = other.get("/whoami").json
+    assert foreign is not None and foreign["device"] != device  # a foreign cookie: new ids
+
+
+def _replay_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "replay_middleware"]
+
+
+def test_missing_secret_key_says_so_on_the_first_request(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    make_app().test_client().get("/")
+    [message] = [m for m in _replay_records(caplog) if "no secret_key" in m]
+    assert "neither REPLAY_SECRET_KEY nor SECRET_KEY" in message
+    assert "random per-process key" in message
+
+
+def test_local_mode_records_every_session_by_default(make_app: AppFactory) -> None:
+    response = make_app().test_client().get("/")  # no REPLAY_SAMPLE_RATE at all
+    assert response.headers["X-Replay-Decision"] == "in_sample"
+    assert response.get_data(as_text=True).count(DATA_BLOCK) == 1
+
+
+def test_startup_warnings_wait_for_the_first_request_and_come_once(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    app = make_app(REPLAY_SAMPLE_RATE=0)  # what every `flask` CLI command does
+    assert _replay_records(caplog) == []
+    client = app.test_client()
+    response = client.get("/")
+    assert response.headers["X-Replay-Decision"] == "not_in_sample"
+    first = _replay_records(caplog)
+    assert any("RECORDS NOTHING" in m for m in first)
+    assert any("local mode" in m for m in first)
+    client.get("/")
+    client.get("/_replay/session")
+    assert _replay_records(caplog) == first
 
 
 def test_init_app_twice_raises(make_app: AppFactory) -> None:

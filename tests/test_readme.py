@@ -30,8 +30,8 @@ def test_documented_defaults_match() -> None:
     rows = table_rows()
     config = ReplayConfig()
     for f in dataclasses.fields(ReplayConfig):
-        if f.name == "inject_status":
-            continue  # described in words
+        if f.name in ("inject_status", "sample_rate"):
+            continue  # described in words; sample_rate below
         value = getattr(config, f.name)
         documented = rows[f.name].strip("`")
         if isinstance(value, (dict, type(config.privacy))) and not value:
@@ -39,6 +39,13 @@ def test_documented_defaults_match() -> None:
         else:
             expected = f'"{value}"' if isinstance(value, str) else repr(value)
             assert documented == expected, f.name
+
+
+def test_documented_sample_rate_default_names_both_modes() -> None:
+    local = ReplayConfig().sample_rate
+    keyed = ReplayConfig(api_key="key123", secret_key="s" * 16).sample_rate
+    expected = f"`{local!r}` in local mode, `{keyed!r}` with an `api_key`"
+    assert table_rows()["sample_rate"] == expected
 
 
 def test_quick_start_is_exactly_two_commands() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -543,3 +545,30 @@ def test_example_like_page_through_werkzeug_client() -> None:
     assert int(home.headers["content-length"]) == len(home.data)
     billing = client.get("/account/billing")
     assert billing.data == PAGE
+
+
+# --- start-up warnings: once, on the first request (issue 7) ---------------------------------
+
+
+def test_startup_warnings_logged_once_by_concurrent_first_requests(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    app = mw(Tracked(), sample_rate=0, local_store_dir=str(tmp_path))
+    assert not [r for r in caplog.records if r.name == "replay_middleware"]
+    threads = 8
+    gate = threading.Barrier(threads)
+
+    def first_request() -> None:
+        gate.wait()
+        serve(app, environ("/"))
+
+    workers = [threading.Thread(target=first_request) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    serve(app, environ("/"))
+    messages = [r.getMessage() for r in caplog.records if r.name == "replay_middleware"]
+    assert len([m for m in messages if "RECORDS NOTHING" in m]) == 1
+    assert len(messages) == len(set(messages))
