@@ -11,12 +11,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# The SDK pin. Change all four together (and replay_middleware/sdk.py's pin table).
+# The SDK pin. Change these together (and replay_middleware/sdk.py's pin table). hatch_build.py,
+# the wheel's build hook, reads the NAME="value" lines below: keep them literal.
 SDK_PACKAGE="@amplitude/session-replay-browser"
 SDK_VERSION="1.51.6"
 # dist.integrity of the npm tarball, as the registry publishes it.
 SDK_TARBALL_INTEGRITY="sha512-iA4KrGjjSG9h0HO5yM4UBhoJZlK0Rnk+iStTNmV3z41wu5GuPMnYb/MMfpHQK7Y/u3pdLQ/Jj1MYs5QlFd8ZYQ=="
-# sha256 of package/lib/scripts/session-replay-browser-min.js (the IIFE bundle we serve).
+# The IIFE bundle we serve, in the tarball, and its sha256.
+SDK_BUNDLE_MEMBER="package/lib/scripts/session-replay-browser-min.js"
 SDK_BUNDLE_SHA256="a006604a150e206796151c57e09bbb7f93dd2bddc99e3b07a24f69bb31373171"
 
 # The inspector's replay player (SPEC L2). Change these together (and
@@ -24,7 +26,9 @@ SDK_BUNDLE_SHA256="a006604a150e206796151c57e09bbb7f93dd2bddc99e3b07a24f69bb31373
 PLAYER_PACKAGE="rrweb-player"
 PLAYER_VERSION="2.0.0-alpha.20"
 PLAYER_TARBALL_INTEGRITY="sha512-3ZCv1ksUxuIOn3Vn/eWrwWs9Xy+4KVjISD+q26ZLfisZ3hZ0CPgYG3iC22pmmycIeMS2svOfvf7gPh7jExwpUA=="
-# sha256 of package/dist/rrweb-player.umd.min.cjs and package/dist/style.min.css.
+# The player's bundle and stylesheet, in the tarball, and their sha256.
+PLAYER_JS_MEMBER="package/dist/rrweb-player.umd.min.cjs"
+PLAYER_CSS_MEMBER="package/dist/style.min.css"
 PLAYER_JS_SHA256="cd435a95dada57d789d098222b33f141a97e1924d239d8be9d650f9173f98279"
 PLAYER_CSS_SHA256="ce5e96298e20e7262e317ef8d51aacd8e75cd14cfa66aaff43ceecbb7a3e132a"
 
@@ -166,7 +170,7 @@ else
     tar -xzf "$SDK_TARBALL" -C "$tmp"
     rm -rf "$SDK_UNPACKED"
     mv "$tmp" "$SDK_UNPACKED"
-    bundle="$SDK_UNPACKED/package/lib/scripts/session-replay-browser-min.js"
+    bundle="$SDK_UNPACKED/$SDK_BUNDLE_MEMBER"
     [ "$(hex_sha256 "$bundle")" = "$SDK_BUNDLE_SHA256" ] \
         || die "sha256 mismatch for $bundle (expected $SDK_BUNDLE_SHA256)"
     cp "$bundle" "$SDK_VENDORED.tmp"
@@ -182,14 +186,13 @@ else
     fetch_tarball "$PLAYER_PACKAGE" "$PLAYER_VERSION" "$PLAYER_TARBALL" "$PLAYER_TARBALL_INTEGRITY"
     ptmp="$(mktemp -d "$NPM_CACHE_DIR/unpack.XXXXXX")"
     trap 'rm -rf "${tmp:-}" "$ptmp"' EXIT
-    tar -xzf "$PLAYER_TARBALL" -C "$ptmp" package/dist/rrweb-player.umd.min.cjs \
-        package/dist/style.min.css
-    [ "$(hex_sha256 "$ptmp/package/dist/rrweb-player.umd.min.cjs")" = "$PLAYER_JS_SHA256" ] \
-        || { rm -rf "$ptmp"; die "sha256 mismatch for rrweb-player.umd.min.cjs (expected $PLAYER_JS_SHA256)"; }
-    [ "$(hex_sha256 "$ptmp/package/dist/style.min.css")" = "$PLAYER_CSS_SHA256" ] \
-        || { rm -rf "$ptmp"; die "sha256 mismatch for style.min.css (expected $PLAYER_CSS_SHA256)"; }
-    cp "$ptmp/package/dist/rrweb-player.umd.min.cjs" "$PLAYER_JS.tmp"
-    cp "$ptmp/package/dist/style.min.css" "$PLAYER_CSS.tmp"
+    tar -xzf "$PLAYER_TARBALL" -C "$ptmp" "$PLAYER_JS_MEMBER" "$PLAYER_CSS_MEMBER"
+    [ "$(hex_sha256 "$ptmp/$PLAYER_JS_MEMBER")" = "$PLAYER_JS_SHA256" ] \
+        || { rm -rf "$ptmp"; die "sha256 mismatch for $PLAYER_JS_MEMBER (expected $PLAYER_JS_SHA256)"; }
+    [ "$(hex_sha256 "$ptmp/$PLAYER_CSS_MEMBER")" = "$PLAYER_CSS_SHA256" ] \
+        || { rm -rf "$ptmp"; die "sha256 mismatch for $PLAYER_CSS_MEMBER (expected $PLAYER_CSS_SHA256)"; }
+    cp "$ptmp/$PLAYER_JS_MEMBER" "$PLAYER_JS.tmp"
+    cp "$ptmp/$PLAYER_CSS_MEMBER" "$PLAYER_CSS.tmp"
     mv "$PLAYER_JS.tmp" "$PLAYER_JS"
     mv "$PLAYER_CSS.tmp" "$PLAYER_CSS"
     rm -rf "$ptmp"
