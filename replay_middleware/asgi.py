@@ -229,7 +229,7 @@ async def _send_response(send: Send, response: HttpResponse) -> None:
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": encode_headers(response.headers),
+            "headers": encode_headers(response.framed_headers()),
         }
     )
     await send({"type": "http.response.body", "body": response.body})

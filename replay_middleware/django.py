@@ -703,7 +703,7 @@ def _add_cookie(response: HttpResponseBase, header: str) -> None:
 def _to_django(result: HttpResponse) -> DjangoHttpResponse:
     response = DjangoHttpResponse(result.body, status=result.status)
     del response.headers["Content-Type"]  # ours, or none (a 304)
-    for name, value in result.headers:
+    for name, value in result.framed_headers():
         if name.lower() == "set-cookie":
             _add_cookie(response, value)
         else:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs
 
-from .config import ReplayConfig
+from .config import SDK_DEFAULT_OPTIONS, ReplayConfig
 from .cookies import dump_cookie
 from .csp import CspNeeds
 from .decision import DECISION_HEADER, ReplayContext, decide
@@ -191,7 +191,11 @@ class ReplayEngine:
             use_worker=use_worker,
             merge_report_only=config.csp_report_only_merge,
         )
-        base_options: dict[str, Any] = {"serverZone": config.server_zone, **config.sdk_options}
+        base_options: dict[str, Any] = {
+            "serverZone": config.server_zone,
+            **SDK_DEFAULT_OPTIONS,
+            **config.sdk_options,
+        }
         if config.privacy:
             base_options["privacyConfig"] = json.loads(json.dumps(dict(config.privacy)))
         self.renderer = SnippetRenderer(
@@ -467,7 +471,11 @@ class ReplayEngine:
                 413, [("content-type", "text/plain"), _NO_STORE], b"Payload size exceeded the limit"
             )
         self.store.add(request.query_string, dict(request.headers), body, self.now_ms())
-        return HttpResponse(200, [_JSON, _NO_STORE, *self.upload_cookie(request)], b'{"code":200}')
+        # No Cache-Control: a POST answer is not stored without explicit freshness (RFC 9110
+        # §9.3.3), and with "no-store" chromium leaves the body of a worker's upload unread
+        # until the worker dies, then lists the upload as failed (net::ERR_ABORTED) although
+        # it arrived (docs/page-exit.md).
+        return HttpResponse(200, [_JSON, *self.upload_cookie(request)], b'{"code":200}')
 
 
 def _remote_args(remote: RemoteSampling | None) -> dict[str, Any]:

@@ -345,7 +345,7 @@ def answer_endpoint(
 
 
 def _respond(start_response: StartResponse, response: HttpResponse) -> list[bytes]:
-    start_response(_status_line(response.status), list(response.headers))
+    start_response(_status_line(response.status), response.framed_headers())
     return [response.body]
 
 

@@ -358,6 +358,10 @@ async def test_local_mode_config_and_track_endpoints(tmp_path: Path) -> None:
             headers={"cookie": "secret=1", "authorization": "Bearer local"},
         )
         assert ok.status_code == 200
+        # Framed by its length and without "no-store": with it, chromium lists a worker's
+        # upload as failed (net::ERR_ABORTED) when the page is left (docs/page-exit.md).
+        assert ok.headers["content-length"] == str(len(ok.content))
+        assert "cache-control" not in ok.headers
         big = await client.post("/_replay/track", content=b"x" * 2000)
         assert big.status_code == 413 and re.search(r"payload.*exceed", big.text, re.I)
         listing = await client.get("/_replay/inspect")
@@ -572,3 +576,34 @@ async def test_sdk_from_the_cdn_needs_no_bundle(
     await run(responder(start(), body(PAGE)), scope(), config=config)
     assert _replay_warnings(caplog)  # the local-mode ones
     assert not [m for m in _replay_warnings(caplog) if "SDK bundle" in m]
+
+
+def snippet_data(html: bytes) -> dict[str, Any]:
+    match = re.search(rb'id="replay-middleware-config">(\{.*?\})</script>', html)
+    assert match is not None
+    data: dict[str, Any] = json.loads(match.group(1))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("sdk_options", "eager"),
+    [
+        pytest.param({}, True, id="default-eager"),
+        pytest.param({"eagerFullSnapshotSend": False}, False, id="user-turns-it-off"),
+        pytest.param({"logLevel": 4}, True, id="other-options-keep-it"),
+    ],
+)
+async def test_full_snapshot_is_sent_eagerly_unless_the_user_says_otherwise(
+    sdk_options: dict[str, Any], eager: bool
+) -> None:
+    config = ReplayConfig(sample_rate=1, sdk_options=sdk_options)
+    mw = ReplayMiddleware(
+        responder(start(), body(b"<html><head></head><body>x</body></html>")), config=config
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
+        page = await client.get("/")
+    options = snippet_data(page.content)["options"]
+    assert options["eagerFullSnapshotSend"] is eager
+    assert {k: options[k] for k in sdk_options} == sdk_options

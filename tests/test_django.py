@@ -445,6 +445,8 @@ def test_track_accepts_a_body_over_django_upload_limit(
     replay_settings(max_upload_bytes=4096, inspector_allow=["127.0.0.1"])
     response = driver.post(TRACK, data=_upload(3000), content_type="application/json")
     assert response.status_code == 200, response.content
+    assert response["Content-Length"] == str(len(response.content))
+    assert not response.has_header("Cache-Control")  # docs/page-exit.md: no net::ERR_ABORTED
     listing = driver.get("/_replay/inspect")
     assert listing.status_code == 200 and b"1735689600000" in listing.content
 

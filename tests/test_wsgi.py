@@ -480,6 +480,8 @@ def test_local_mode_config_track_and_inspect(tmp_path: Path) -> None:
         TRACK, data=UPLOAD, headers={"cookie": "secret=1", "authorization": "Bearer local"}
     )
     assert ok.status_code == 200
+    assert ok.headers["content-length"] == str(len(ok.data))
+    assert "cache-control" not in ok.headers  # docs/page-exit.md: no net::ERR_ABORTED
     big = client.post("/_replay/track", data=b"x" * 2000)
     assert big.status_code == 413 and re.search(r"payload.*exceed", big.text, re.I)
     listing = client.get(

@@ -2,13 +2,20 @@
 
 The ``REPLAY_MIDDLEWARE`` dict is read once when Django builds the middleware; its keys are
 ``ReplayConfig`` options. ``REPLAY_*`` environment variables override it here (the example
-only; a project writes its settings as it likes). No database: the example has no models.
+only; a project writes its settings as it likes).
+
+The Django admin is on, as in a fresh ``startproject``: its pages are real-size documents (a
+changelist of 200 users), the kind a replay must hold. Its SQLite database is
+``DJANGO_EXAMPLE_DB`` (default: a file in the temporary directory); ``python -m
+examples.django_app seed`` creates it with an ``admin`` user and 199 others.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import tempfile
+from pathlib import Path
 from typing import Any
 
 DEBUG = False
@@ -16,10 +23,24 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(32)
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 ROOT_URLCONF = "examples.django_app.urls"
 WSGI_APPLICATION = "examples.django_app.wsgi.application"
-DATABASES: dict[str, object] = {}
+DATABASES: dict[str, object] = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DJANGO_EXAMPLE_DB")
+        or str(Path(tempfile.gettempdir()) / "replay-middleware-django-example.sqlite3"),
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+STATIC_URL = "/static/"
 USE_TZ = True
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",  # the admin's CSS (runserver --insecure serves it)
     "replay_middleware",  # the {% replay_snippet %} tag and the system checks
 ]
 
@@ -28,19 +49,24 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "replay_middleware.django.ReplayMiddleware",
     "csp.middleware.CSPMiddleware",  # sets the CSP header we merge into: listed after us
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [],
-        "APP_DIRS": False,
+        "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.template.context_processors.csrf",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
             ]
         },
     }

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from csp.constants import NONCE, SELF, STRICT_DYNAMIC, UNSAFE_INLINE
 from csp.decorators import csp
+from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import engines
 from django.urls import path, re_path
 
+from examples.article import article_html, article_kb
 from replay_middleware import current_replay, get_replay_properties
 
 NAV = (
     '<nav><a href="/">Home</a> · <a href="/signin">Sign in</a> · <a href="/spa">Single-page app</a>'
     ' · <a href="/account/billing">Billing (not recorded)</a> · <a href="/csp/strict">Strict CSP</a>'
-    ' · <a href="/csp/inline">Inline CSP</a> · <a href="/manual">Template tag</a></nav>'
+    ' · <a href="/csp/inline">Inline CSP</a> · <a href="/manual">Template tag</a>'
+    ' · <a href="/article">Long article</a> · <a href="/admin/">Admin</a></nav>'
 )
 
 BASE = (
@@ -96,6 +99,13 @@ def billing(request: HttpRequest) -> HttpResponse:
     return render(request, "Billing", "<p>Card ending 4242. This page is never recorded.</p>")
 
 
+def article(request: HttpRequest) -> HttpResponse:
+    size = article_kb(request.GET.get("kb"))
+    return render(
+        request, f"A long article ({size} KB)", "{{ article|safe }}", article=article_html(size)
+    )
+
+
 def spa(request: HttpRequest, rest: str = "") -> HttpResponse:
     return render(
         request,
@@ -152,6 +162,8 @@ urlpatterns = [
     path("", home),
     path("signin", signin),
     path("account/billing", billing),
+    path("article", article),
+    path("admin/", admin.site.urls),
     path("spa", spa),
     re_path(r"^spa/(?P<rest>.*)$", spa),
     path("csp/strict", csp_strict),

@@ -19,6 +19,7 @@ import secrets
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from examples.article import article_html, article_kb
 from replay_middleware import ReplayConfig, ReplayMiddleware, current_replay, get_replay_properties
 from replay_middleware.proxy import Upstreams
 
@@ -27,7 +28,7 @@ EXCLUDE = ("/account/billing",)
 NAV = (
     '<nav><a href="/">Home</a> · <a href="/signin">Sign in</a> · <a href="/spa">Single-page app</a>'
     ' · <a href="/account/billing">Billing (not recorded)</a> · <a href="/csp/strict">Strict CSP</a>'
-    ' · <a href="/csp/inline">Inline CSP</a></nav>'
+    ' · <a href="/csp/inline">Inline CSP</a> · <a href="/article">Long article</a></nav>'
 )
 
 
@@ -106,6 +107,11 @@ def create_app(
     @app.get("/account/billing", response_class=HTMLResponse)
     def billing() -> str:
         return page("Billing", "<p>Card ending 4242. This page is never recorded.</p>")
+
+    @app.get("/article", response_class=HTMLResponse)
+    def article(kb: str | None = None) -> str:
+        size = article_kb(kb)
+        return page(f"A long article ({size} KB)", article_html(size))
 
     @app.get("/spa", response_class=HTMLResponse)
     @app.get("/spa/{rest:path}", response_class=HTMLResponse)

@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 from flask import Flask, Response, jsonify, render_template, request
 from flask_talisman import Talisman  # type: ignore[import-untyped]
+from markupsafe import Markup
 
+from examples.article import article_html, article_kb
 from replay_middleware import ReplayConfig, current_replay, get_replay_properties
 from replay_middleware.flask import SessionReplay
 from replay_middleware.proxy import Upstreams
@@ -67,6 +69,11 @@ def create_app(config: ReplayConfig | None = None, *, upstreams: Upstreams | Non
     @app.get("/account/billing")
     def billing() -> str:
         return render_template("billing.html")
+
+    @app.get("/article")
+    def article() -> str:
+        size = article_kb(request.args.get("kb"))
+        return render_template("article.html", kb=size, article=Markup(article_html(size)))
 
     @app.get("/spa")
     @app.get("/spa/<path:rest>")

@@ -27,10 +27,24 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request
 
+from examples.article import END_MARKER
 from examples.fastapi_app.app import create_app as create_fastapi_app
 from examples.flask_app.app import create_app as create_flask_app
 from replay_middleware import ReplayConfig
 from tests.e2e.django_server import DjangoServers
+from tests.e2e.real_pages import (
+    ADMIN_LAST_ROW,
+    ARTICLE_KB,
+    STAYS,
+    admin_sign_in,
+    article_path,
+    assert_player_shows,
+    failed_uploads,
+    ids,
+    seed_django_db,
+    stay_and_leave,
+    wait_for_stored_snapshot,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -98,8 +112,14 @@ def _django_env(store: Path, overrides: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def django_db(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The Django example's database, seeded once for the module (the admin and 200 users)."""
+    return seed_django_db(tmp_path_factory.mktemp("django-db") / "db.sqlite3")
+
+
+@pytest.fixture(scope="module")
 def django_default_servers(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, django_db: dict[str, str]
 ) -> Iterator[Callable[[str], str]]:
     """``base(kind)``: the Django example with its default config under ``kind``, started on
     first use and shared by the module's tests."""
@@ -109,7 +129,7 @@ def django_default_servers(
 
     def base(kind: str) -> str:
         if kind not in started:
-            started[kind] = servers.start(kind, **_django_env(root / "store", {}))
+            started[kind] = servers.start(kind, **_django_env(root / "store", {}), **django_db)
         return started[kind]
 
     try:
@@ -124,9 +144,10 @@ def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Example]
     if spec.name.startswith("django-"):
         kind = spec.name.removeprefix("django-")
         servers = DjangoServers(tmp_path)
+        db: dict[str, str] = request.getfixturevalue("django_db")
 
         def start_django(**overrides: Any) -> str:
-            return servers.start(kind, **_django_env(fresh_dir(tmp_path), overrides))
+            return servers.start(kind, **_django_env(fresh_dir(tmp_path), overrides), **db)
 
         default: Callable[[str], str] = request.getfixturevalue("django_default_servers")
         try:
@@ -294,3 +315,36 @@ def test_manual_placement_reuses_the_app_nonce(example: Example, page: Page) -> 
     assert loader_nonce
     assert loader_nonce == app_nonce
     wait_recording(page)
+
+
+# -- real-size pages (issue 7): the replay holds the page, whatever its size and the stay -------
+
+
+@pytest.mark.parametrize("stay", STAYS)
+@pytest.mark.parametrize("kb", ARTICLE_KB)
+def test_long_page_replays_with_its_content(
+    example: Example, page: Page, kb: int, stay: str
+) -> None:
+    failed = failed_uploads(page)
+    page.goto(example.base + article_path(kb))
+    stay_and_leave(page, example.base, stay)
+    device, session = ids(page)
+    wait_for_stored_snapshot(example.base, device, session, END_MARKER)
+    assert failed == []
+    assert_player_shows(page, example.base, device, session, END_MARKER)
+
+
+@pytest.mark.parametrize("stay", STAYS)
+@pytest.mark.parametrize("example", ["django-uvicorn-asgi", "django-gunicorn-wsgi"], indirect=True)
+def test_django_admin_changelist_replays_with_its_rows(
+    example: Example, page: Page, stay: str
+) -> None:
+    failed = failed_uploads(page)
+    admin_sign_in(page, example.base)
+    stay_and_leave(page, example.base, stay)
+    device, session = ids(page)
+    wait_for_stored_snapshot(example.base, device, session, ADMIN_LAST_ROW)
+    assert failed == []
+    assert_player_shows(
+        page, example.base, device, session, ADMIN_LAST_ROW, from_page="/admin/auth/user/"
+    )

@@ -17,11 +17,22 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page
 
+from examples.article import END_MARKER
 from examples.fastapi_app.app import create_app as create_fastapi_app
 from examples.flask_app.app import create_app as create_flask_app
 from replay_middleware import ReplayConfig
 from replay_middleware.payloads import DecodedPayload, decode_payload
 from tests.e2e.django_server import DjangoServers
+from tests.e2e.real_pages import (
+    ADMIN_LAST_ROW,
+    ARTICLE_KB,
+    STAYS,
+    admin_sign_in,
+    article_path,
+    seed_django_db,
+    snapshot_holds,
+    stay_and_leave,
+)
 from tests.fake_amplitude import FakeAmplitude, Recorded, Reply
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +45,12 @@ WAIT_S = 15.0
 SDK_OPTIONS = {"flushIntervalConfig": {"minIntervalMs": 200, "maxIntervalMs": 1000}}
 
 
+@pytest.fixture(scope="module")
+def django_db(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The Django example's database, seeded once for the module (the admin and 200 users)."""
+    return seed_django_db(tmp_path_factory.mktemp("django-db") / "db.sqlite3")
+
+
 @pytest.fixture
 def django_servers(tmp_path: Path) -> Iterator[DjangoServers]:
     servers = DjangoServers(tmp_path)
@@ -43,26 +60,44 @@ def django_servers(tmp_path: Path) -> Iterator[DjangoServers]:
         servers.stop_all()
 
 
-@pytest.fixture(params=["fastapi-uvicorn", "flask-werkzeug", "django-gunicorn"])
+EXAMPLES = ["fastapi-uvicorn", "flask-werkzeug", "django-gunicorn"]
+
+
+@pytest.fixture(params=EXAMPLES)
 def proxied(request: pytest.FixtureRequest, fake_amplitude: FakeAmplitude) -> str:
-    """The example in proxy mode (API key ``KEY``), its upload proxy on the fake."""
+    """The example in proxy mode (API key ``KEY``), its upload proxy on the fake, flushing
+    often (``SDK_OPTIONS``)."""
+    return start_proxied(request, fake_amplitude, SDK_OPTIONS)
+
+
+@pytest.fixture(params=EXAMPLES)
+def proxied_defaults(request: pytest.FixtureRequest, fake_amplitude: FakeAmplitude) -> str:
+    """As ``proxied``, with the SDK options a user gets by default (the real cadence)."""
+    return start_proxied(request, fake_amplitude, {})
+
+
+def start_proxied(
+    request: pytest.FixtureRequest, fake_amplitude: FakeAmplitude, sdk_options: dict[str, Any]
+) -> str:
     # A project config with no sampling settings: the SDK records with the local rate (1.0).
     fake_amplitude.set_default("config", Reply.config(b'{"configs":{"sessionReplay":{}}}'))
     if request.param == "django-gunicorn":
         servers: DjangoServers = request.getfixturevalue("django_servers")
+        db: dict[str, str] = request.getfixturevalue("django_db")
         return servers.start(
             "gunicorn-wsgi",
             REPLAY_API_KEY=KEY,
             REPLAY_SECRET_KEY="e2e-secret-key-0123456789",
-            REPLAY_SDK_OPTIONS=json.dumps(SDK_OPTIONS),
+            REPLAY_SDK_OPTIONS=json.dumps(sdk_options),
             REPLAY_TEST_UPSTREAM=fake_amplitude.url,
+            **db,
         )
     config = ReplayConfig(
         api_key=KEY,
         secret_key="e2e-secret-key-0123456789",
         sample_rate=1.0,
         exclude=("/account/billing",),
-        sdk_options=SDK_OPTIONS,
+        sdk_options=sdk_options,
     )
     if request.param == "flask-werkzeug":
         serve_wsgi: Callable[[Any], str] = request.getfixturevalue("live_wsgi_server")
@@ -199,3 +234,47 @@ def test_local_mode_session_appears_in_the_inspector(
     frame = viewer.frame_locator("iframe").first
     frame.locator("h1:has-text('Sign in')").wait_for(timeout=10_000)
     assert PASSWORD not in viewer.content()
+
+
+# -- real-size pages (issue 7) ---------------------------------------------------------------
+
+
+def snapshot_upload(fake: FakeAmplitude, text: str) -> Recorded | None:
+    """The upload whose full snapshot holds ``text``, if one arrived."""
+    for rec in uploads(fake):
+        events = [json.loads(e.json) for e in decoded(rec).events]
+        if snapshot_holds(events, text):
+            return rec
+    return None
+
+
+def assert_snapshot_reached_amplitude(fake: FakeAmplitude, text: str) -> None:
+    assert fake.wait_until(lambda: snapshot_upload(fake, text) is not None, WAIT_S), [
+        (r.query, r.header("content-encoding"), len(r.body or b"")) for r in uploads(fake)
+    ]
+    rec = snapshot_upload(fake, text)
+    assert rec is not None
+    # A regular upload, gzip'd by the SDK (not the page-exit beacon, cut to 64 KiB and plain).
+    assert rec.header("content-encoding") == "gzip"
+    assert "api_key=" not in rec.query
+    assert rec.header("authorization") == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("stay", STAYS)
+@pytest.mark.parametrize("kb", ARTICLE_KB)
+def test_long_page_reaches_amplitude_with_its_content(
+    proxied_defaults: str, page: Page, fake_amplitude: FakeAmplitude, kb: int, stay: str
+) -> None:
+    page.goto(proxied_defaults + article_path(kb))
+    stay_and_leave(page, proxied_defaults, stay)
+    assert_snapshot_reached_amplitude(fake_amplitude, END_MARKER)
+
+
+@pytest.mark.parametrize("stay", STAYS)
+@pytest.mark.parametrize("proxied_defaults", ["django-gunicorn"], indirect=True)
+def test_django_admin_changelist_reaches_amplitude_with_its_rows(
+    proxied_defaults: str, page: Page, fake_amplitude: FakeAmplitude, stay: str
+) -> None:
+    admin_sign_in(page, proxied_defaults)
+    stay_and_leave(page, proxied_defaults, stay)
+    assert_snapshot_reached_amplitude(fake_amplitude, ADMIN_LAST_ROW)
