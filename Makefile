@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 APP ?= fastapi
 PORT ?= 8000
 # Only folders that exist: git does not keep empty ones, and ruff fails on a missing path.
-LINT_PATHS := $(wildcard replay_middleware tests examples benchmarks)
+LINT_PATHS := $(wildcard replay_middleware tests examples benchmarks hatch_build.py)
 
 .PHONY: setup lint test demo bench clean distclean
 

@@ -39,6 +39,8 @@ from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from proxy import cpu_model  # benchmarks/proxy.py (this script's folder)
+
 from replay_middleware import ReplayConfig, ReplayMiddleware
 
 CHROMIUM = "/usr/bin/chromium"
@@ -254,10 +256,12 @@ class Result:
     checks_tail: bool = True
 
 
-def run(repeat: int) -> dict[tuple[str, str], Result]:
+def run(repeat: int) -> tuple[dict[tuple[str, str], Result], str]:
+    """The results per (scenario, option set), and the browser's version."""
     results: dict[tuple[str, str], Result] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        version = browser.version
         try:
             for scenario, kb, visit, tail in SCENARIOS:
                 for name, options in OPTION_SETS.items():
@@ -286,12 +290,12 @@ def run(repeat: int) -> dict[tuple[str, str], Result]:
                         result.aborted += sum("/_replay/track" in u for u in failed)
         finally:
             browser.close()
-    return results
+    return results, version
 
 
 def page_exit_section(repeat: int = 2) -> str:
     logging.getLogger("replay_middleware").setLevel(logging.ERROR)
-    results = run(repeat)
+    results, chromium_version = run(repeat)
     lines = [
         "## Page exit: what a short view uploads",
         "",
@@ -303,8 +307,8 @@ def page_exit_section(repeat: int = 2) -> str:
         f"server received (wire bytes, per visit, mean of {repeat}); *aborted*: uploads the "
         "browser started and cancelled (`net::ERR_ABORTED`).",
         "",
-        f"- Machine: {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, {platform.system()}",
+        f"- Machine: {cpu_model()}, {platform.machine()}, Python "
+        f"{platform.python_version()}, {platform.system()}; chromium {chromium_version}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| Visit | SDK options | complete | tail | requests | gzip | KB on the wire | aborted |",
