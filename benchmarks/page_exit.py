@@ -205,11 +205,15 @@ def idle_view(page: Page) -> None:
     page.wait_for_timeout(2000)
 
 
-def short_view(page: Page) -> None:
-    """2 s on the page, a small DOM change at 1.5 s, then leave."""
-    page.wait_for_timeout(1500)
-    page.evaluate(ADD_TAIL, 10)
-    page.wait_for_timeout(500)
+def change_at_1_5_s(chars: int) -> Callable[[Page], None]:
+    """2 s on the page, ``chars`` characters of new text rendered at 1.5 s, then leave."""
+
+    def visit(page: Page) -> None:
+        page.wait_for_timeout(1500)
+        page.evaluate(ADD_TAIL, chars)
+        page.wait_for_timeout(500)
+
+    return visit
 
 
 def reading(page: Page) -> None:
@@ -222,13 +226,6 @@ def reading(page: Page) -> None:
     page.wait_for_timeout(300)
 
 
-def big_tail(page: Page) -> None:
-    """A page that renders 100 KB more text at 1.5 s (more than a beacon holds), left at 2 s."""
-    page.wait_for_timeout(1500)
-    page.evaluate(ADD_TAIL, 100_000)
-    page.wait_for_timeout(500)
-
-
 def quick_exit(page: Page) -> None:
     """Left after 0.2 s, before the SDK's init has finished."""
     page.wait_for_timeout(200)
@@ -237,9 +234,10 @@ def quick_exit(page: Page) -> None:
 SCENARIOS: list[tuple[str, int, Callable[[Page], None], bool]] = [
     ("150 KB, 2 s idle", 150, idle_view, False),
     ("400 KB, 2 s idle", 400, idle_view, False),
-    ("150 KB, 2 s, DOM change at 1.5 s", 150, short_view, True),
+    ("150 KB, 2 s, DOM change at 1.5 s", 150, change_at_1_5_s(10), True),
     ("150 KB, 15 s reading", 150, reading, True),
-    ("150 KB, +100 KB at 1.5 s, 2 s", 150, big_tail, True),
+    # more than a beacon holds (64 KiB)
+    ("150 KB, +100 KB at 1.5 s, 2 s", 150, change_at_1_5_s(100_000), True),
     ("150 KB, 0.2 s", 150, quick_exit, False),
 ]
 

@@ -48,12 +48,14 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 from .payloads import (
-    _URL_TRACKING_PLUGIN,
     MAX_DECODED_BYTES,
+    META_EVENT,
+    PLUGIN_EVENT,
+    URL_TRACKING_PLUGIN,
     DecodedPayload,
     DecodeError,
-    _event_href,
     decode_payload,
+    event_href,
     parse_track_query,
 )
 
@@ -103,9 +105,6 @@ _KEPT_HEADERS = frozenset(
     }
 )
 _SECRET_QUERY = frozenset({"api_key"})
-# rrweb EventType.Meta and EventType.Plugin: the events that may report the page's URL.
-_META_EVENT = 4
-_PLUGIN_EVENT = 6
 
 _SCHEMA = (
     """CREATE TABLE sessions (
@@ -679,32 +678,38 @@ class LocalStore:
 
     def _session_json(self, table: str, device_id: str, session_id: str) -> list[dict[str, Any]]:
         assert table in ("events", "interactions")  # a constant, never user input
+        rows = self._session_rows(
+            device_id, session_id, f"SELECT json FROM {table} WHERE sid = ? ORDER BY timestamp, id"
+        )
+        return [json.loads(row[0]) for row in rows]
+
+    def _session_rows(
+        self, device_id: str, session_id: str, sql: str, *params: object
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` (its first parameter is the session's row id, then ``params``)
+        for a stored session; [] when the session is unknown."""
         with self._lock:
             conn = self._connection()
             sid = self._sid(conn, device_id, session_id)
             if sid is None:
                 return []
-            rows = conn.execute(
-                f"SELECT json FROM {table} WHERE sid = ? ORDER BY timestamp, id", (sid,)
-            ).fetchall()
-        return [json.loads(row[0]) for row in rows]
+            return list(conn.execute(sql, (sid, *params)).fetchall())
 
     def page_marks(self, device_id: str, session_id: str) -> list[tuple[int, str]]:
         """``(timestamp, url)`` of every event that reports the page, in timestamp order
         (arrival order on ties): rrweb Meta events (``data.href``, one per page load and per
         full snapshot) and the SDK's URL-tracking plugin events (client-side navigation).
         Uploads that arrived out of order are read back in event order. [] if none."""
-        with self._lock:
-            conn = self._connection()
-            sid = self._sid(conn, device_id, session_id)
-            if sid is None:
-                return []
-            # instr() keeps other plugins' events (console logs: many, large) out of Python.
-            rows = conn.execute(
-                "SELECT timestamp, type, json FROM events WHERE sid = ? AND (type = ?"
-                " OR (type = ? AND instr(json, ?) > 0)) ORDER BY timestamp, id",
-                (sid, _META_EVENT, _PLUGIN_EVENT, _URL_TRACKING_PLUGIN),
-            ).fetchall()
+        # instr() keeps other plugins' events (console logs: many, large) out of Python.
+        rows = self._session_rows(
+            device_id,
+            session_id,
+            "SELECT timestamp, type, json FROM events WHERE sid = ? AND (type = ?"
+            " OR (type = ? AND instr(json, ?) > 0)) ORDER BY timestamp, id",
+            META_EVENT,
+            PLUGIN_EVENT,
+            URL_TRACKING_PLUGIN,
+        )
         marks: list[tuple[int, str]] = []
         for timestamp, kind, text in rows:
             try:
@@ -712,24 +717,20 @@ class LocalStore:
             except ValueError:  # pragma: no cover - only valid JSON is stored
                 continue
             # payloads.py owns the rule (the same one that fills the pages table on upload).
-            href = _event_href(kind, event.get("data") if isinstance(event, dict) else None)
+            href = event_href(kind, event.get("data") if isinstance(event, dict) else None)
             if href is not None:
                 marks.append((int(timestamp), href))
         return marks
 
     def uploads(self, device_id: str, session_id: str) -> list[UploadRecord]:
         """The session's uploads in arrival order, bodies left out."""
-        with self._lock:
-            conn = self._connection()
-            sid = self._sid(conn, device_id, session_id)
-            if sid is None:
-                return []
-            rows = conn.execute(
-                "SELECT id, type, received_ms, wire_bytes, decoded_bytes, compressed, version,"
-                " page_url, query, headers, events_added, duplicates, skipped, error,"
-                " raw IS NOT NULL FROM uploads WHERE sid = ? ORDER BY id",
-                (sid,),
-            ).fetchall()
+        rows = self._session_rows(
+            device_id,
+            session_id,
+            "SELECT id, type, received_ms, wire_bytes, decoded_bytes, compressed, version,"
+            " page_url, query, headers, events_added, duplicates, skipped, error,"
+            " raw IS NOT NULL FROM uploads WHERE sid = ? ORDER BY id",
+        )
         return [
             UploadRecord(
                 id=r[0],

@@ -58,11 +58,11 @@ MAX_EVENTS: Final = 100_000
 #: rrweb ``EventType``: DomContentLoaded 0, Load 1, FullSnapshot 2, IncrementalSnapshot 3,
 #: Meta 4, Custom 5, Plugin 6.
 RRWEB_EVENT_TYPES: Final = range(0, 7)
-_META = 4
-_PLUGIN = 6
+META_EVENT = 4
+PLUGIN_EVENT = 6
 #: The SDK's URL-tracking rrweb plugin (SR ``src/plugins/url-tracking-plugin.ts``): its
 #: payload's ``href`` is the page after a client-side navigation.
-_URL_TRACKING_PLUGIN = "amplitude/url-tracking@1"
+URL_TRACKING_PLUGIN = "amplitude/url-tracking@1"
 # Longest URL we keep from an event; the SDK itself truncates X-Client-Url at 1000 chars.
 _MAX_URL = 2048
 
@@ -319,16 +319,16 @@ def _replay_event(element: Any) -> ReplayEvent | None:
         timestamp=int(timestamp),
         json=text,
         fingerprint=fingerprint(event),
-        href=_event_href(kind, event["data"]),
+        href=event_href(kind, event["data"]),
     )
 
 
-def _event_href(kind: int, data: Any) -> str | None:
+def event_href(kind: int, data: Any) -> str | None:
     if not isinstance(data, dict):
         return None
-    if kind == _META:
+    if kind == META_EVENT:
         return _url(data.get("href"))
-    if kind == _PLUGIN and data.get("plugin") == _URL_TRACKING_PLUGIN:
+    if kind == PLUGIN_EVENT and data.get("plugin") == URL_TRACKING_PLUGIN:
         payload = data.get("payload")
         if isinstance(payload, dict):
             return _url(payload.get("href"))
