@@ -70,8 +70,8 @@ SDK_OPTIONS: frozenset[str] = frozenset(
 
 #: SDK init options the middleware sets unless ``sdk_options`` says otherwise (docs/page-exit.md).
 #: ``eagerFullSnapshotSend``: the SDK keeps the first full snapshot in the page until its flush
-#: timer fires or the page is left; on page exit its worker's upload is aborted with the
-#: document and the beacon is cut to 64 KiB (``MAX_KEEPALIVE_BYTES``), so any page whose
+#: timer fires or the page is left; on page exit its worker's upload dies with the document
+#: and the beacon keeps the events that fit in 64 KiB (``sendBeacon``), so any page whose
 #: snapshot is over ~64 KB replayed blank after a short view. Sent eagerly, the snapshot leaves
 #: ~0.3 s after init with a regular gzip upload.
 SDK_DEFAULT_OPTIONS: Mapping[str, Any] = MappingProxyType({"eagerFullSnapshotSend": True})
