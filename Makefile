@@ -23,8 +23,13 @@ lint: setup
 test: lint
 	$(VENV)/bin/pytest
 
+# The inspector needs its token (docs/inspector.md): a fresh one per run unless
+# REPLAY_INSPECTOR_TOKEN is set, passed to the example (every example reads REPLAY_*).
 demo: setup
-	@case "$(APP)" in \
+	@REPLAY_INSPECTOR_TOKEN="$${REPLAY_INSPECTOR_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')}"; \
+	export REPLAY_INSPECTOR_TOKEN; \
+	echo "Inspector: http://127.0.0.1:$(PORT)$${REPLAY_PREFIX:-/_replay}/inspect?token=$$REPLAY_INSPECTOR_TOKEN"; \
+	case "$(APP)" in \
 	  fastapi) \
 	    echo "Open http://127.0.0.1:$(PORT)/"; \
 	    exec $(PY) -m uvicorn examples.fastapi_app.app:app --host 127.0.0.1 --port $(PORT) ;; \

@@ -4,8 +4,10 @@ Writes BENCHMARKS.md. Every variant is an ASGI app called in-process (no sockets
 a hand-built scope; rounds of all variants are interleaved so drift on a shared machine hits
 them alike, and the median round is reported. Ratios are the figures to quote; absolute
 microseconds move with the machine. Then appends the upload proxy's section (benchmarks/proxy.py:
-real sockets on 127.0.0.1; added latency, throughput and memory of the proxy) and the page-exit
-section (benchmarks/page_exit.py: what a short page view uploads, in chromium).
+real sockets on 127.0.0.1; added latency, throughput and memory of the proxy), the slow-loris
+section (benchmarks/slowloris.py: honest uploads next to 200 slow-loris connections), local mode
+under hostile uploads (benchmarks/local_uploads.py: memory, stall, the store's WAL) and the
+page-exit section (benchmarks/page_exit.py: what a short page view uploads, in chromium).
 
     python benchmarks/run.py [--rounds 15] [--requests 2000]
 """
@@ -24,8 +26,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from local_uploads import local_uploads_section  # benchmarks/local_uploads.py
 from page_exit import page_exit_section  # benchmarks/page_exit.py
 from proxy import upload_proxy_section  # benchmarks/proxy.py (this script's folder)
+from slowloris import slowloris_section  # benchmarks/slowloris.py
 from starlette.middleware.gzip import GZipMiddleware
 from wsgi import wsgi_section  # benchmarks/wsgi.py
 
@@ -195,6 +199,16 @@ def main() -> None:
     print("\n".join(lines))
     # The upload proxy over real sockets (benchmarks/proxy.py), appended as its own section.
     section = upload_proxy_section()
+    with Path(args.output).open("a") as out:
+        out.write("\n" + section)
+    print("\n" + section)
+    # Honest uploads next to 200 slow-loris connections (benchmarks/slowloris.py).
+    section = slowloris_section()
+    with Path(args.output).open("a") as out:
+        out.write("\n" + section)
+    print("\n" + section)
+    # Local mode under hostile uploads: memory, stall, WAL (benchmarks/local_uploads.py).
+    section = local_uploads_section()
     with Path(args.output).open("a") as out:
         out.write("\n" + section)
     print("\n" + section)

@@ -165,6 +165,9 @@ class ReplayConfig:
     upload_mode: str = "proxy"
     upstream_timeout: float = 8.0
     max_upload_bytes: int = 10 * 1024 * 1024
+    client_body_timeout: float = 5.0
+    max_uploads_per_client: int = 8
+    upload_memory_bytes: int = 1024 * 1024
     trusted_proxies: tuple[str, ...] = ()
     forward_client_ip: str = "mask"
     config_cache_ttl: float = 60.0
@@ -173,6 +176,7 @@ class ReplayConfig:
     local_store_dir: str = ".replay-middleware"
     local_store_max_bytes: int = 256 * 1024 * 1024
     inspector_allow: tuple[str, ...] = ()
+    inspector_token: str | None = None
     # Gates
     force_sample: Callable[[RequestInfo], bool] | None = None
     should_record: Callable[[RequestInfo], bool] | None = None
@@ -260,6 +264,25 @@ class ReplayConfig:
         _positive_int("session_timeout", self.session_timeout)
         _positive_int("max_scan_bytes", self.max_scan_bytes)
         _positive_int("max_upload_bytes", self.max_upload_bytes)
+        _positive_int("upload_memory_bytes", self.upload_memory_bytes)
+        if (
+            isinstance(self.max_uploads_per_client, bool)
+            or not isinstance(self.max_uploads_per_client, int)
+            or self.max_uploads_per_client < 0
+        ):
+            raise ValueError(
+                "ReplayConfig: max_uploads_per_client must be an integer, 0 for no cap "
+                f"(got {self.max_uploads_per_client!r})"
+            )
+        if not (
+            isinstance(self.client_body_timeout, (int, float))
+            and not isinstance(self.client_body_timeout, bool)
+            and 0 < self.client_body_timeout <= 60
+        ):
+            raise ValueError(
+                "ReplayConfig: client_body_timeout must be seconds in (0, 60] "
+                f"(got {self.client_body_timeout!r})"
+            )
         if self.secret_key is not None and (
             not isinstance(self.secret_key, str) or len(self.secret_key) < 16
         ):
@@ -319,6 +342,15 @@ class ReplayConfig:
         if not isinstance(self.local_store_dir, str) or not self.local_store_dir.strip():
             raise ValueError("ReplayConfig: local_store_dir must be a directory path")
         set_(self, "inspector_allow", tuple(str(a) for a in self.inspector_allow))
+        if self.inspector_token is not None and not (
+            isinstance(self.inspector_token, str)
+            and re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", self.inspector_token)
+        ):
+            raise ValueError(
+                "ReplayConfig: inspector_token must be 16-256 URL-safe characters "
+                "(A-Z, a-z, 0-9, '.', '_', '~', '-'), or None for a token derived from "
+                "secret_key (a random one without it)"
+            )
         if self.forward_client_ip not in _CLIENT_IP:
             raise ValueError(
                 f"ReplayConfig: forward_client_ip must be one of 'mask', 'full', 'drop' (got {self.forward_client_ip!r})"
@@ -441,12 +473,14 @@ _INT_FIELDS = {
     "session_timeout",
     "max_scan_bytes",
     "max_upload_bytes",
+    "max_uploads_per_client",
+    "upload_memory_bytes",
     "local_store_max_bytes",
 }
-_FLOAT_FIELDS = {"sample_rate", "upstream_timeout", "config_cache_ttl"}
+_FLOAT_FIELDS = {"sample_rate", "upstream_timeout", "config_cache_ttl", "client_body_timeout"}
 _LIST_FIELDS = {"exclude", "include", "trusted_proxies", "inspector_allow"}
 _JSON_FIELDS = {"privacy", "sdk_options", "route_mask_levels"}
-_OPTIONAL_STR = {"api_key", "secret_key", "cookie_domain", "public_origin"}
+_OPTIONAL_STR = {"api_key", "secret_key", "cookie_domain", "public_origin", "inspector_token"}
 
 
 def _parse_bool(key: str, value: str) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "REASON_CONNECT_NONE",
     "REASON_META_AMBIGUOUS",
     "REASON_SANDBOX",
+    "REASON_SANDBOX_OPAQUE",
     "REASON_SCRIPT_BLOCKED",
     "REASON_SCRIPT_NONE",
     "REPORT_SAMPLE",
@@ -72,8 +73,10 @@ WASM_UNSAFE_EVAL = "'wasm-unsafe-eval'"
 BLOB = "blob:"
 # The only sink group of `require-trusted-types-for` (Trusted Types spec), rule T1.
 _TT_SCRIPT = "'script'"
-# The sandbox flag that lets scripts run (HTML sandboxing keywords), rule F1.
+# The sandbox flag that lets scripts run (HTML sandboxing keywords), rule F1, and the one that
+# keeps the document's origin (without it the origin is opaque).
 _ALLOW_SCRIPTS = "allow-scripts"
+_ALLOW_SAME_ORIGIN = "allow-same-origin"
 
 # --- Header names (lowercase; compared case-insensitively, P2) -------------------------------
 CSP_HEADER = "content-security-policy"
@@ -91,6 +94,10 @@ _REQUIRE_TRUSTED_TYPES_FOR = "require-trusted-types-for"
 
 # --- Stable reason codes for an infeasible merge (G5) ----------------------------------------
 REASON_SANDBOX = "csp_sandbox"  # F1
+# `sandbox allow-scripts` without `allow-same-origin`: scripts run, but in an opaque origin
+# (HTML "sandboxed origin browsing context flag"), where the SDK's CORS script load, cookies,
+# IndexedDB and every first-party fetch fail; recording cannot work, so nothing is injected.
+REASON_SANDBOX_OPAQUE = "csp_sandbox_opaque"
 REASON_SCRIPT_NONE = "csp_script_none"  # F2
 REASON_CONNECT_NONE = "csp_connect_none"  # F3
 # The one source S3/C2 may add would still not admit every URL we load (a misconfigured
@@ -764,20 +771,28 @@ def _requires_trusted_types(policy: Policy) -> bool:
     return directive is not None and _has_keyword(directive.tokens, _TT_SCRIPT)
 
 
-def _sandbox_blocks_scripts(policy: Policy) -> bool:
-    directive = policy.get(_SANDBOX)
-    return directive is not None and not _has_keyword(directive.tokens, _ALLOW_SCRIPTS)
+def _sandbox_reason(policies: Sequence[Policy]) -> str | None:
+    """F1 over the enforced header policies (each sandbox directive adds its restrictions):
+    ``csp_sandbox`` when one keeps scripts from running, else ``csp_sandbox_opaque`` when one
+    lets them run in an opaque origin; None when none sandboxes the page. Only header policies
+    count: a meta policy's ``sandbox`` is ignored (CSP3 §3.3), report-only ones do not sandbox.
+    """
+    sandboxes = [d.tokens for d in (p.get(_SANDBOX) for p in policies) if d is not None]
+    if any(not _has_keyword(tokens, _ALLOW_SCRIPTS) for tokens in sandboxes):
+        return REASON_SANDBOX
+    if any(not _has_keyword(tokens, _ALLOW_SAME_ORIGIN) for tokens in sandboxes):
+        return REASON_SANDBOX_OPAQUE
+    return None
 
 
-def _plan(policy: Policy, ctx: _Context, *, enforced: bool, from_header: bool) -> _Plan:
-    """Everything about one policy that does not depend on the nonce, in F-rule order.
+def _plan(policy: Policy, ctx: _Context, *, enforced: bool) -> _Plan:
+    """Everything about one policy that does not depend on the nonce, in F-rule order (F1,
+    ``sandbox``, is checked over all header policies first: :func:`_sandbox_reason`).
 
     Only an enforced policy can produce ``error`` (R1): a report-only one is merged where it
     can be and left alone where it is explicit-none (R2).
     """
     needs = ctx.needs
-    if enforced and from_header and _sandbox_blocks_scripts(policy):
-        return _Plan(error=REASON_SANDBOX)  # F1 (meta ignores sandbox: CSP3 §3.3)
     targets, error = _script_targets(policy, enforced, needs.override_explicit_none)
     if error is not None:
         return _Plan(error=error)
@@ -909,6 +924,9 @@ def merge_response_csp(
             changed=False,
         )
 
+    sandbox = _sandbox_reason(enforced)
+    if sandbox is not None:
+        return unchanged(sandbox)  # F1 (and the opaque-origin case), before any merge
     all_plans: list[_Plan] = []
     for f in fields:
         if not f.enforced and not needs.merge_report_only:
@@ -916,7 +934,7 @@ def merge_response_csp(
         for position, policy in enumerate(f.policies):
             if policy.is_empty:
                 continue  # A1: discarded by browsers; leave it untouched
-            plan = _plan(policy, ctx, enforced=f.enforced, from_header=True)
+            plan = _plan(policy, ctx, enforced=f.enforced)
             if plan.error is not None:
                 # G5 / F: all or nothing. Only enforced policies yield errors (R1: _plan
                 # never fails a report-only policy; it leaves its explicit-none parts alone).
@@ -986,7 +1004,7 @@ def merge_meta_csp(content: str, needs: CspNeeds, nonce: str) -> MetaCspResult:
     if policy.is_empty:
         return MetaCspResult(True, None, content, use_web_worker, trusted_types, False)
     ctx = _Context(needs=needs, origin=needs.public_origin, use_web_worker=use_web_worker)
-    plan = _plan(policy, ctx, enforced=True, from_header=False)
+    plan = _plan(policy, ctx, enforced=True)
     if plan.error is not None:
         return MetaCspResult(False, plan.error, content, use_web_worker, trusted_types, False)
     merged, _ = _apply(policy, plan, nonce)

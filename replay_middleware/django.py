@@ -75,7 +75,7 @@ from .proxy import ENDPOINT_UNAVAILABLE, RemoteSampling, sdk_unavailable
 from .request import RequestInfo
 from .rewrite import ResponseRewriter
 from .sdk import AsyncSdkProvider, SdkProvider, SdkUnavailable
-from .wsgi import answer_endpoint
+from .wsgi import answer_endpoint, client_socket
 
 if TYPE_CHECKING:
     from .upstream import AsyncProxyReply, AsyncUploadProxy, ProxyReply, UploadProxy
@@ -352,7 +352,9 @@ class ReplayMiddleware:
         info = request_info(request)
         try:
             if sub == "/track":
-                reply = self.upstream.track(info, request.read)
+                reply = self.upstream.track(
+                    info, request.read, client_socket=client_socket(request.META)
+                )
             else:
                 reply = self.upstream.config(info, sub[len("/config/") :])
         except Exception:

@@ -30,9 +30,9 @@ from .cookies import dump_cookie
 from .csp import CspNeeds
 from .decision import DECISION_HEADER, ReplayContext, decide
 from .identity import IdentityCodec, IdentityResult, resolve_identity
-from .inspector import Inspector
+from .inspector import Inspector, inspector_token_for
 from .local_store import LocalStore
-from .proxy import DEFAULT_UPSTREAMS, RemoteSampling
+from .proxy import DEFAULT_UPSTREAMS, ENDPOINT_TOO_LARGE, RemoteSampling
 from .request import RequestInfo
 from .response import HttpResponse
 from .routes import RouteRules, glob_to_regex
@@ -222,10 +222,16 @@ class ReplayEngine:
         if config.local_mode:
             # Opens lazily: building the engine touches no file.
             self.store = LocalStore(config.local_store_dir, max_bytes=config.local_store_max_bytes)
-            self.inspector = Inspector(self.store, prefix, allow=config.inspector_allow)
+            # The token is printed here (local mode only, where the inspector exists); with a
+            # secret_key every process derives the same one (docs/inspector.md).
+            token = inspector_token_for(config.inspector_token, config.secret_key)
+            self.inspector = Inspector(
+                self.store, prefix, token=token, allow=config.inspector_allow
+            )
             notices.append(
                 f"local mode: uploads are kept in {config.local_store_dir.rstrip('/')}/; "
-                f"open {prefix}/inspect to replay them"
+                f"open {config.public_origin or ''}{self.inspector.sign_in_url} to replay "
+                "them (the token is required: the inspector answers 404 without it)"
             )
         if config.sdk_source == "first-party" and not vendor_path(config.sdk_version).is_file():
             # Pages are still injected: the CDN download usually succeeds, and when it does
@@ -377,7 +383,13 @@ class ReplayEngine:
             return self._session(request, remote)
         if self.inspector is not None and self.inspector.handles(request.path):
             return self.inspector.handle(request)
-        if self.store is not None:
+        # Local mode's SDK endpoints answer the clients the inspector serves (its address rule,
+        # not its token: the SDK cannot send one); anyone else gets the 404 below (SPEC L2).
+        if (
+            self.store is not None
+            and self.inspector is not None
+            and self.inspector.is_allowed(request)
+        ):
             if path == "/track":
                 if method != "POST":
                     return _method_not_allowed("POST")
@@ -467,10 +479,12 @@ class ReplayEngine:
         assert self.store is not None
         if len(body) > self.config.max_upload_bytes:
             # The SDK splits a batch on 413 only when the text matches /payload.*exceed/i.
-            return HttpResponse(
-                413, [("content-type", "text/plain"), _NO_STORE], b"Payload size exceeded the limit"
-            )
-        self.store.add(request.query_string, dict(request.headers), body, self.now_ms())
+            return ENDPOINT_TOO_LARGE
+        stored = self.store.add(request.query_string, dict(request.headers), body, self.now_ms())
+        if stored.too_large:
+            # Past a decoding limit (payloads.py): nothing stored, and the SDK sends the batch
+            # again in halves (PROTOCOL §2), down to single events.
+            return ENDPOINT_TOO_LARGE
         # No Cache-Control: a POST answer is not stored without explicit freshness (RFC 9110
         # §9.3.3), and with "no-store" chromium leaves the body of a worker's upload unread
         # until the worker dies, then lists the upload as failed (net::ERR_ABORTED) although

@@ -11,11 +11,22 @@ Sources, first match wins:
 3. Segment's ``ajs_anonymous_id`` + ``analytics_session_id`` cookies (PROTOCOL §7.2), while
    Segment's session is fresh;
 4. our own signed cookie (``<device>.<session>.<last activity>.<signature>``, readable by the
-   browser loader, signed with itsdangerous so a visitor cannot pick ids);
+   browser loader, signed with itsdangerous);
 5. a fresh identity: UUID4 device, session id = now in ms.
 
 A missing, malformed, expired or tampered cookie never raises (I2): a fresh identity is minted
 and the reason is logged at debug level.
+
+What the signature protects, and what it does not: it makes our cookie tamper-proof. A visitor
+cannot forge a ``replay_id`` cookie we accept, nor alter the device id, session id or last
+activity of one we issued (a changed value is discarded and fresh ids are minted), so sources
+4 and 5 only ever yield ids the server minted or accepted. It does not stop a visitor from
+choosing its ids: sources 2 and 3 are unsigned by design (I3; the analytics SDKs write them
+in the browser, and replays must line up with their events), so a visitor who writes an
+``AMP_<key10>`` cookie (with an ``api_key``) or Segment's two cookies gets the ids it chose,
+within the plausibility checks below, and then our cookie signed with them. The app's
+``identify`` hook chooses ids too. The ids label recordings; they are not credentials. Nothing
+here authenticates a visitor or grants access by id. See docs/behaviour.md ("Identity").
 """
 
 from __future__ import annotations

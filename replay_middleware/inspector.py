@@ -23,7 +23,21 @@ on another site would carry its own host name). Any forwarding header (``Forward
 ``X-Forwarded-For``, ``X-Real-IP``) must name loopback or allowed addresses too, so an app
 behind a reverse proxy on the same machine does not expose the inspector. ``allow`` adds
 addresses or networks ("192.168.1.20", "10.0.0.0/8"); clients in it skip the ``Host`` check.
-Everyone else gets the same 404 as any unknown path under the prefix.
+
+A loopback peer is not proof of a local user: a reverse proxy on the same machine with a bare
+``proxy_pass`` (no forwarding header, a loopback ``Host``) passes every check above. So every
+inspector path also needs the inspector's token, as notebook servers do: ``?token=<token>``
+once (the start-up log prints that URL), answered with a 303 to the same URL without the token
+(it leaves the address bar, the history and any ``Referer``; a link on another site gets a
+page that refreshes there instead, see ``_sign_in``) that sets an HttpOnly,
+``SameSite=Strict`` cookie scoped to ``{prefix}/inspect`` (``Secure`` on https), which the
+pages, the JSON and the static files then read. Tokens are compared in constant time. The
+token is ``inspector_token`` when configured, else derived from ``secret_key`` (an HMAC, so
+every process of a fleet sharing the key agrees on it), else random per process
+(``inspector_token_for``).
+
+Everyone else, and every request without a valid token or cookie, gets the same 404 as any
+unknown path under the prefix.
 
 The visit is not the replay: ``visit_span`` runs from the session's start (its id is the ms
 timestamp of its first request) to the last activity we know of, ``page_stays`` cuts it into
@@ -37,19 +51,24 @@ replayed page's own ``<style>`` elements need), ``X-Frame-Options: DENY`` and ``
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import html
 import ipaddress
 import json
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import jinja2
 
+from .cookies import dump_cookie
 from .local_store import LocalStore, SessionSummary, UploadRecord
 from .request import RequestInfo
 from .response import HttpResponse
@@ -63,6 +82,8 @@ __all__ = [
     "PageStay",
     "PlayerFile",
     "VisitSpan",
+    "derive_inspector_token",
+    "inspector_token_for",
     "page_stays",
     "visit_span",
 ]
@@ -149,6 +170,19 @@ _PAGE_LIMIT: Final = 500
 #: identity hook or a foreign cookie).
 _MAX_SESSION_LEAD_MS: Final = 24 * 3600 * 1000
 _FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip")
+#: What a token may hold (``ReplayConfig.inspector_token`` checks the same): URL-safe in a
+#: query and a valid cookie value as it is (RFC 3986 unreserved, RFC 6265 cookie-octet).
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+#: The purpose string of the token derived from ``secret_key``: never the key itself.
+_TOKEN_PURPOSE: Final = b"replay-middleware inspector token"
+#: A query holding more fields than this is not a sign-in (parse_qsl's bound on the work).
+_MAX_QUERY_FIELDS: Final = 32
+#: The answer to ``?token=`` from a link on another site (``Inspector._sign_in``); no script.
+_CROSS_SITE_SIGN_IN: Final = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+    '<meta http-equiv="refresh" content="0; url={url}"><title>Replay inspector</title></head>'
+    '<body><p><a href="{url}">Open the inspector</a></p></body></html>'
+)
 _FORWARDED_FOR = re.compile(r'for="?\[?([^\]";,]+)', re.IGNORECASE)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -242,6 +276,25 @@ def page_stays(marks: Iterable[tuple[int, str]], *, last_event_ms: int | None) -
     return stays
 
 
+def derive_inspector_token(secret_key: str) -> str:
+    """The inspector token of ``secret_key``: HMAC-SHA256 with a purpose string, base64url
+    without padding (43 characters). Every process configured with the same key agrees on it,
+    so the cookie one worker sets is accepted by the others; the key itself never leaves."""
+    digest = hmac.new(secret_key.encode("utf-8"), _TOKEN_PURPOSE, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def inspector_token_for(configured: str | None, secret_key: str | None) -> str:
+    """The token the inspector requires: ``configured`` (``ReplayConfig.inspector_token``)
+    when set; else derived from ``secret_key`` (``derive_inspector_token``) when one is
+    configured; else a random one, new in every call (local mode's per-process default)."""
+    if configured:
+        return configured
+    if secret_key:
+        return derive_inspector_token(secret_key)
+    return secrets.token_urlsafe(32)
+
+
 def _session_start_ms(session_id: str) -> int | None:
     """The session id as a ms timestamp, if it is one (digits; 2001 to 2286 at 13 digits)."""
     if session_id.isascii() and session_id.isdigit() and len(session_id) == 13:
@@ -252,9 +305,11 @@ def _session_start_ms(session_id: str) -> int | None:
 class Inspector:
     """Serves ``{prefix}/inspect/...`` from a ``LocalStore``; immutable after ``__init__``.
 
-    ``allow``: addresses or networks (anything ``ipaddress.ip_network`` reads) that may use
-    the inspector besides loopback clients; ``ValueError`` for an entry that is neither.
-    ``static_root``: where ``inspector.js`` and ``vendor/`` are (default: ``static_dir()``).
+    ``token``: what ``?token=`` and the cookie must hold (``inspector_token_for``); 16-256
+    URL-safe characters, else ``ValueError``. ``allow``: addresses or networks (anything
+    ``ipaddress.ip_network`` reads) that may use the inspector besides loopback clients;
+    ``ValueError`` for an entry that is neither. ``static_root``: where ``inspector.js`` and
+    ``vendor/`` are (default: ``static_dir()``).
     """
 
     def __init__(
@@ -262,9 +317,12 @@ class Inspector:
         store: LocalStore,
         prefix: str,
         *,
+        token: str,
         allow: Sequence[str] = (),
         static_root: Path | None = None,
     ) -> None:
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise ValueError("the inspector token must be 16-256 URL-safe characters")
         if isinstance(allow, str):
             raise ValueError("allow must be a sequence of addresses, not a string")
         networks: list[Network] = []
@@ -279,6 +337,12 @@ class Inspector:
         self.prefix = prefix.rstrip("/")
         self.base = f"{self.prefix}/inspect"
         self.allow: tuple[Network, ...] = tuple(networks)
+        self.token = token
+        self._token_bytes = token.encode("ascii")
+        #: Named after the token's fingerprint, so two servers on one host (cookies ignore
+        #: the port) keep their own cookie instead of overwriting each other's.
+        fingerprint = hashlib.sha256(b"replay-middleware inspector cookie:" + self._token_bytes)
+        self.cookie_name = f"replay_inspect_{fingerprint.hexdigest()[:8]}"
         self.static_root = static_root if static_root is not None else static_dir()
         env = jinja2.Environment(
             loader=jinja2.PackageLoader("replay_middleware", "templates"),
@@ -319,6 +383,44 @@ class Inspector:
     def _in_allow(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in network for network in self.allow)
 
+    @property
+    def sign_in_url(self) -> str:
+        """The URL that opens the inspector, relative to the origin: ``{base}?token=...``."""
+        return f"{self.base}?token={self.token}"
+
+    def _token_matches(self, value: str | None) -> bool:
+        """Constant-time comparison with the token (bytes: ``compare_digest`` refuses
+        non-ASCII ``str``, and a query or a cookie may hold anything)."""
+        if value is None:
+            return False
+        return hmac.compare_digest(value.encode("utf-8", "replace"), self._token_bytes)
+
+    def _sign_in(self, request: RequestInfo, rest: list[tuple[str, str]]) -> HttpResponse:
+        """The answer to a valid ``?token=``: the cookie, and a 303 to the same URL without
+        the token (the request's other query fields kept); for a navigation from another site
+        (``Sec-Fetch-Site: cross-site``), a page that refreshes to that URL instead."""
+        location = quote(request.path, safe="/")  # a path under the base: never off-site
+        if rest:
+            location += "?" + urlencode(rest)
+        cookie = dump_cookie(
+            self.cookie_name,
+            self.token,
+            path=self.base,
+            secure=request.is_secure,
+            httponly=True,
+            samesite="Strict",
+        )
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            # A link on another site: the browser would not send a SameSite=Strict cookie on
+            # the redirected request (nor on any reload of it, chromium keeps the navigation's
+            # cross-site origin), so a 303 would land on a 404. A refresh from this page is a
+            # navigation this site starts: the cookie goes with it.
+            body = _CROSS_SITE_SIGN_IN.format(url=html.escape(location)).encode("ascii")
+            headers = [*_HTML_HEADERS, ("set-cookie", cookie), ("content-length", str(len(body)))]
+            return HttpResponse(200, headers, body)
+        headers = [("location", location), ("set-cookie", cookie), *_COMMON]
+        return HttpResponse(303, headers, b"")
+
     # -- routing --------------------------------------------------------------------------------
 
     def handles(self, path: str) -> bool:
@@ -326,8 +428,22 @@ class Inspector:
         return path == self.base or path.startswith(self.base + "/")
 
     def handle(self, request: RequestInfo) -> HttpResponse:
-        """Answer a request for a path under ``{prefix}/inspect``; 404 for anyone not allowed."""
+        """Answer a request for a path under ``{prefix}/inspect``: 404 for anyone not allowed
+        (``is_allowed``) and for a request whose ``?token=`` is wrong, or that has none and no
+        valid cookie; a 303 that sets the cookie for a valid ``?token=``."""
         if not self.handles(request.path) or not self.is_allowed(request):
+            return _NOT_FOUND
+        try:
+            query = parse_qsl(
+                request.query_string, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS
+            )
+        except ValueError:
+            return _NOT_FOUND
+        given = [value for name, value in query if name == "token"]
+        if given:
+            if len(given) != 1 or not self._token_matches(given[0]):
+                return _NOT_FOUND
+        elif not self._token_matches(request.cookies.get(self.cookie_name)):
             return _NOT_FOUND
         if request.method not in ("GET", "HEAD"):
             return HttpResponse(
@@ -335,6 +451,8 @@ class Inspector:
                 [("allow", "GET, HEAD"), ("content-type", "text/plain; charset=utf-8"), *_COMMON],
                 b"Method Not Allowed",
             )
+        if given:
+            return self._sign_in(request, [(n, v) for n, v in query if n != "token"])
         response = self._route(request.path[len(self.base) :])
         if request.method == "HEAD":
             return HttpResponse(response.status, response.headers, b"")

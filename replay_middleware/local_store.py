@@ -12,13 +12,21 @@ The store:
   reads do not wait for uploads, with a busy timeout so several worker processes can share it;
   the directory is created private (0700) and gets a ``.gitignore`` of ``*``, as recordings are
   the visitors' data;
-- is bounded: after each upload, while the database's used pages exceed ``max_bytes``, whole
+- is bounded: ``max_bytes`` caps the database's pages in use plus its write-ahead log (the
+  ``-wal`` file). The WAL is allowed ``max_bytes // 4`` (at most ``_WAL_LIMIT``): SQLite
+  truncates it to that after a checkpoint (``journal_size_limit``), and after a write that
+  leaves it larger, and after every rollback, it is checkpointed and truncated at once
+  (``wal_checkpoint(TRUNCATE)``; a rolled-back write would otherwise leave its pages there until
+  a later write). The pages get the rest: after each upload, while they exceed it, whole
   **sessions** are evicted, least recently uploaded first (a session cut in half cannot be
   replayed: its full snapshot would be gone). The session being written is never evicted for
   another; an upload that would push a single session past the cap on its own is not stored
-  (it is counted on the session as an error). The file stays near ``max_bytes`` (freed pages
-  are reused, not returned to the file system) plus a WAL capped at ``_WAL_LIMIT`` after a
-  checkpoint;
+  (it is counted on the session as an error; one larger than the cap by itself is not even
+  written). The file stays near its share (freed pages are reused, not returned to the file
+  system);
+- decodes with bounded memory (``payloads.py``), one upload at a time
+  (``_CONCURRENT_DECODES``): an upload past a decoding limit is not stored at all
+  (``AddResult.too_large``: the endpoint answers 413 and the SDK sends it again in halves);
 - is thread-safe: one connection behind a lock (ASGI apps may call it from a thread pool);
 - is versioned: ``PRAGMA user_version`` holds ``SCHEMA_VERSION``; a file of another version is
   emptied and recreated, with a warning (it holds disposable development data).
@@ -81,8 +89,15 @@ MIN_MAX_BYTES: Final = 128 * 1024
 #: Pages listed per session at most (a hostile client could send endless distinct URLs).
 MAX_PAGES_PER_SESSION: Final = 100
 
-# The WAL is truncated back to this size after a checkpoint (SQLite keeps it otherwise).
+# The most the WAL may keep between writes (a quarter of a smaller cap): the size SQLite
+# truncates it to after a checkpoint, and past which a write truncates it at once.
 _WAL_LIMIT = 8 * 1024 * 1024
+# Uploads decoded at once, per store: each may take up to 64 MiB (payloads.MAX_DECODE_MEMORY
+# and the body), and each decoding thread competes for the GIL with the app's event loop: with
+# two at once, small requests next to bombs took up to 60-120 ms; with one, 30-48 ms
+# (BENCHMARKS.md, "Local mode: hostile uploads"). Others wait their turn in their worker
+# thread (ASGI and Django's async path decode off the event loop).
+_CONCURRENT_DECODES = 1
 _BUSY_TIMEOUT_S = 10.0
 _MAX_ID = 256
 _MAX_HEADER = 2048
@@ -181,7 +196,8 @@ class AddResult:
     ``upload_id`` is None when nothing could be written (``error`` says why). ``added`` and
     ``duplicates`` count the decoded events (replay or interaction) that were new to the
     session or already stored; ``error`` is the decode error (the raw body was kept), "store
-    full" or a storage failure.
+    full" or a storage failure. ``too_large``: the upload was past a decoding limit
+    (``payloads.DecodeError.too_large``) and nothing of it was written.
     """
 
     upload_id: int | None
@@ -189,6 +205,7 @@ class AddResult:
     added: int = 0
     duplicates: int = 0
     error: str | None = None
+    too_large: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,11 @@ class LocalStore:
         self.file = self.directory / FILE_NAME
         self.max_bytes = max_bytes
         self.max_decoded_bytes = max_decoded_bytes
+        # The WAL's share of the cap; the pages in use get the rest.
+        self._wal_limit = min(_WAL_LIMIT, max_bytes // 4)
+        self._pages_cap = max_bytes - self._wal_limit
+        self._wal_file = self.directory / f"{FILE_NAME}-wal"
+        self._decoding = threading.BoundedSemaphore(_CONCURRENT_DECODES)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -295,6 +317,7 @@ class LocalStore:
         )
         try:
             self._setup(conn)
+            self._trim_wal(conn)  # a WAL left larger by an older version or a crash
         except BaseException:
             conn.close()
             raise
@@ -308,7 +331,7 @@ class LocalStore:
         # NORMAL is durable across application crashes in WAL mode; a power loss may drop the
         # last uploads, which is fine for development recordings.
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
+        conn.execute(f"PRAGMA journal_size_limit={self._wal_limit}")
         with _transaction(conn):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version != SCHEMA_VERSION:
@@ -364,12 +387,17 @@ class LocalStore:
         try:
             query = parse_track_query(query_string)
             kind = _clip(query.get("type"), 32) or "replay"
-            decoded = decode_payload(
-                body,
-                query_string=query_string,
-                content_encoding=_header(headers, "content-encoding"),
-                max_decoded_bytes=self.max_decoded_bytes,
-            )
+            with self._decoding:
+                decoded = decode_payload(
+                    body,
+                    query_string=query_string,
+                    content_encoding=_header(headers, "content-encoding"),
+                    max_decoded_bytes=self.max_decoded_bytes,
+                )
+            if isinstance(decoded, DecodeError) and decoded.too_large:
+                # Not a broken upload: the SDK splits it and sends the halves (PROTOCOL §2).
+                logger.info("replay-middleware: local upload refused: %s", decoded.reason)
+                return AddResult(None, kind, error=decoded.reason, too_large=True)
             return self._add(query, kind, query_string, headers, body, received_ms, decoded)
         except Exception as exc:
             logger.exception("replay-middleware: local store could not save an upload")
@@ -410,28 +438,39 @@ class LocalStore:
             "query": stored_query,
             "headers": json.dumps(kept, ensure_ascii=False),
         }
-        with self._write_transaction() as conn:
-            sid = self._session(conn, device_id, session_id, received_ms)
-            result = self._write(conn, sid, kind, upload, body, decoded)
-            if self._evict(conn, keep_sid=sid):
-                return result
-            # This one session alone is over the cap: undo the upload and just count it.
-            conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-            sid = self._session(conn, device_id, session_id, received_ms)
-            conn.execute(
-                "UPDATE sessions SET upload_count = upload_count + 1, error_count = error_count"
-                " + 1, wire_bytes = wire_bytes + ?, last_received_ms = max(last_received_ms, ?)"
-                " WHERE id = ?",
-                (wire, received_ms, sid),
-            )
-            logger.warning(
-                "replay-middleware: local store full (max_bytes=%d): an upload of session %s "
-                "was not stored",
-                self.max_bytes,
-                session_id,
-            )
-            return AddResult(None, kind, error="store full: this session alone exceeds max_bytes")
+        rolled_back = False
+        result: AddResult | None = None
+        with self._lock:
+            with self._write_transaction() as conn:
+                sid = self._session(conn, device_id, session_id, received_ms)
+                # One larger than the cap by itself is not even written: its pages would only
+                # grow the WAL before being rolled back.
+                if _stored_size(decoded, body) <= self._pages_cap:
+                    result = self._write(conn, sid, kind, upload, body, decoded)
+                    if not self._evict(conn, keep_sid=sid):
+                        # This one session alone is over the cap: undo the upload.
+                        conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
+                        sid = self._session(conn, device_id, session_id, received_ms)
+                        result, rolled_back = None, True
+                if result is None:  # not stored: just counted
+                    conn.execute(
+                        "UPDATE sessions SET upload_count = upload_count + 1, error_count ="
+                        " error_count + 1, wire_bytes = wire_bytes + ?, last_received_ms ="
+                        " max(last_received_ms, ?) WHERE id = ?",
+                        (wire, received_ms, sid),
+                    )
+                    logger.warning(
+                        "replay-middleware: local store full (max_bytes=%d): an upload of "
+                        "session %s was not stored",
+                        self.max_bytes,
+                        session_id,
+                    )
+            # The rolled-back pages stay in the WAL file until a checkpoint resets it.
+            self._trim_wal(conn, force=rolled_back)
+        return result or AddResult(
+            None, kind, error="store full: this session alone exceeds max_bytes"
+        )
 
     @staticmethod
     def _session(conn: sqlite3.Connection, device_id: str, session_id: str, now: int) -> int:
@@ -510,7 +549,7 @@ class LocalStore:
             pages = [(e.href, e.timestamp) for e in decoded.events if e.href] + pages
             conn.execute(
                 "UPDATE uploads SET events_added = ?, duplicates = ?, skipped = ? WHERE id = ?",
-                (added, duplicates, decoded.skipped + decoded.dropped, upload_id),
+                (added, duplicates, decoded.skipped, upload_id),
             )
         else:
             new_events = 0
@@ -572,9 +611,23 @@ class LocalStore:
         size = conn.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
 
+    def _wal_bytes(self) -> int:
+        try:
+            return self._wal_file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _trim_wal(self, conn: sqlite3.Connection, *, force: bool = False) -> None:
+        """Checkpoint and truncate the WAL when it is over its share of the cap (or ``force``,
+        after a rollback). Outside a transaction, with the lock held. Another process reading
+        may keep some frames: they go with a later write."""
+        if self._wal_bytes() > (0 if force else self._wal_limit):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def _evict(self, conn: sqlite3.Connection, *, keep_sid: int | None) -> bool:
-        """Evict least recently uploaded sessions until under the cap; False if impossible."""
-        while self._used_bytes(conn) > self.max_bytes:
+        """Evict least recently uploaded sessions until the pages in use fit their share of
+        the cap; False if impossible."""
+        while self._used_bytes(conn) > self._pages_cap:
             row = conn.execute(
                 "SELECT id, device_id, session_id FROM sessions WHERE id IS NOT ?"
                 " ORDER BY last_received_ms, id LIMIT 1",
@@ -604,6 +657,7 @@ class LocalStore:
                 for table in _TABLES:
                     conn.execute(f"DELETE FROM {table}")
             conn.execute("VACUUM")
+            self._trim_wal(conn, force=True)  # VACUUM wrote the whole file through the WAL
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -760,9 +814,9 @@ class LocalStore:
         return None if row is None or row[0] is None else bytes(row[0])
 
     def used_bytes(self) -> int:
-        """Bytes of database pages in use (what ``max_bytes`` caps)."""
+        """Bytes of database pages in use plus the WAL file (what ``max_bytes`` caps)."""
         with self._lock:
-            return self._used_bytes(self._connection())
+            return self._used_bytes(self._connection()) + self._wal_bytes()
 
 
 @contextlib.contextmanager
@@ -782,6 +836,14 @@ _SESSION_COLUMNS = (
     "id, device_id, session_id, first_received_ms, last_received_ms, first_event_ms,"
     " last_event_ms, event_count, interaction_count, upload_count, error_count, wire_bytes"
 )
+
+
+def _stored_size(decoded: DecodedPayload | DecodeError, body: bytes) -> int:
+    """At least the bytes an upload takes in the database: its events' text, or the raw body
+    kept when it could not be decoded."""
+    if isinstance(decoded, DecodeError):
+        return len(body)
+    return sum(len(e.json) for e in decoded.events) + sum(len(e.json) for e in decoded.interactions)
 
 
 def _clip(value: str | None, limit: int) -> str:

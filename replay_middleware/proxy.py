@@ -4,7 +4,8 @@ This module imports no network client, no ASGI/WSGI code and no framework. It de
 upload (``POST {prefix}/track``) or a config fetch (``GET {prefix}/config/<key>``) becomes:
 which upstream URL (built from constants and the configured key→zone map only, P1), which
 headers go up and come back (allowlists both ways, P3), which client IP is forwarded (P6), how a
-transport fault maps to a status the SDK retries (P5), and how the remote config is cached. The
+transport fault maps to a status the SDK retries (P5), how the remote config is cached, and how
+much a slow client may hold (the body deadline and the per-client cap). The
 I/O twins (``upstream.AsyncUploadProxy`` today, a sync twin for WSGI later) only move bytes and
 call these functions, so both share every rule (STYLE 1, 12).
 
@@ -22,6 +23,7 @@ import json
 import logging
 import math
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .engine import ReplayEngine
 
 __all__ = [
+    "CLIENT_BUSY",
     "CONFIG_FALLBACK_BODY",
     "CONFIG_QUERY",
     "CONFIG_STALE_IF_ERROR",
@@ -50,6 +53,7 @@ __all__ = [
     "RESPONSE_HEADER_ALLOWLIST",
     "SDK_UNAVAILABLE",
     "Breaker",
+    "ClientSlots",
     "ConfigEntry",
     "ConfigPlan",
     "ConfigSlot",
@@ -62,10 +66,12 @@ __all__ = [
     "TrackQuery",
     "TrustedProxies",
     "UploadCounter",
+    "UploadDeadlines",
     "Upstreams",
     "check_framing",
     "check_track_key",
     "check_track_query",
+    "client_key",
     "config_entry",
     "config_is_fresh",
     "config_reply",
@@ -75,6 +81,7 @@ __all__ = [
     "filter_response_headers",
     "forwarded_ip",
     "key_id",
+    "looks_like_a_proxy",
     "parse_ip",
     "plan_config",
     "plan_track",
@@ -84,8 +91,10 @@ __all__ = [
     "sdk_unavailable",
     "sniff_body",
     "strip_hop_by_hop",
+    "upload_deadlines",
     "upstream_request_headers",
     "upstream_status_is_redirect",
+    "with_content_length",
 ]
 
 # --- constants -----------------------------------------------------------------------------
@@ -764,6 +773,136 @@ def forwarded_ip(ip: IPAddress | None, mode: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
+# --- slow clients (notes/proxy.md cases 43-45) -------------------------------------------------
+#
+# A client that declares a large body and sends it one byte a second used to hold an upstream
+# connection for the whole upload budget; ~100 of them took the pool and every honest upload
+# got a 503. Three rules keep a slow client away from the upstream: the body is read whole
+# (in memory up to ``upload_memory_bytes``, then in a temporary file) before any upstream
+# connection is taken; it must be in by the body deadline (408, the upstream never contacted);
+# and one client address has at most ``max_uploads_per_client`` uploads in flight (429 before
+# its body is read). The I/O twins only apply these values.
+
+#: What a client over ``max_uploads_per_client`` gets, before its body is read. 429, not 503:
+#: the SDK retries both alike (PROTOCOL §2: a delay of ``random() × attempts`` seconds, it
+#: ignores Retry-After), but 429 says "this client sent too many" (RFC 6585 §4) where 503 says
+#: "this server is unwell": it does not count in the site's 5xx error rate, alerting or a load
+#: balancer's outlier detection. Retry-After 1: most uploads are over in well under a second.
+CLIENT_BUSY: Final = Rejection(429, "client_busy", retry_after=1)
+
+
+def client_key(ip: IPAddress | None) -> str | None:
+    """The per-client accounting key of an address (after ``trusted_proxies``, P6).
+
+    IPv4: the address. IPv6: its /64, the smallest block a subscriber line is given (RFC 6177
+    §2), so one client cannot take a fresh address per upload. None for an unknown address
+    (no peer address, e.g. a Unix socket): not counted per client, since every such request
+    would share one key and the cap would apply to the whole site.
+    """
+    if ip is None:
+        return None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+
+
+def looks_like_a_proxy(client: str | None, trusted: TrustedProxies) -> bool:
+    """Whether a client key that hit the per-client cap is probably the site's own load
+    balancer: a private or loopback address with no ``trusted_proxies`` configured (then every
+    visitor seems to come from it, and the cap applies to all of them together)."""
+    if client is None or trusted.networks:
+        return False
+    address = ipaddress.ip_network(client, strict=False).network_address
+    return address.is_private or address.is_loopback
+
+
+class ClientSlots:
+    """Uploads in flight per client key, at most ``limit`` each (``max_uploads_per_client``;
+    0 = no cap). Counted per process, which is all the state a worker keeps besides caches.
+
+    ``acquire(key)`` takes a slot (False: the client is at its cap → :data:`CLIENT_BUSY`);
+    every True must be matched by one ``release(key)``, in a ``finally``. A None key (unknown
+    address) is never counted. Thread-safe (a lock around a dict): the sync twin serves uploads
+    from server threads, the async twin from the event loop, where the lock is uncontended.
+    """
+
+    __slots__ = ("_counts", "_lock", "limit")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("ClientSlots: limit must be 0 (no cap) or more")
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str | None) -> bool:
+        if key is None or not self.limit:
+            return True
+        with self._lock:
+            count = self._counts.get(key, 0)
+            if count >= self.limit:
+                return False
+            self._counts[key] = count + 1
+            return True
+
+    def release(self, key: str | None) -> None:
+        if key is None or not self.limit:
+            return
+        with self._lock:
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)  # no entry left behind for a gone client
+
+    def in_flight(self, key: str | None = None) -> int:
+        """Slots held by ``key``, or by every client together."""
+        with self._lock:
+            if key is not None:
+                return self._counts.get(key, 0)
+            return sum(self._counts.values())
+
+
+@dataclass(frozen=True)
+class UploadDeadlines:
+    """When an upload's phases must be over, in the caller's monotonic clock.
+
+    ``body``: the client's whole body is in (else 408 ``client_timeout``; the upstream is never
+    contacted). ``total``: the upstream answer has started (else 504 ``upstream_timeout``).
+    """
+
+    body: float
+    total: float
+
+    def body_left(self, now: float) -> float:
+        return self.body - now
+
+    def total_left(self, now: float) -> float:
+        return self.total - now
+
+
+def upload_deadlines(
+    started: float, *, client_body_timeout: float, upstream_timeout: float
+) -> UploadDeadlines:
+    """The deadlines of an upload admitted at ``started``.
+
+    ``upstream_timeout`` stays the budget of the whole exchange, counted from admission, since
+    the SDK's 10 s abort (``sendTimeoutMs``, PROTOCOL §1.2) counts from its first byte too; the
+    body must be in after ``client_body_timeout`` and no later than that budget. The upstream
+    gets what is left: a client that took 4 s of a 5 s body deadline leaves 4 s of 8.
+    """
+    total = started + upstream_timeout
+    return UploadDeadlines(body=min(started + client_body_timeout, total), total=total)
+
+
+def with_content_length(headers: Iterable[tuple[str, str]], length: int) -> list[tuple[str, str]]:
+    """Upstream headers for a body read whole: framed by its real length, never chunked
+    (whatever the client's framing was; a declared length has been checked against it)."""
+    out = [(k, v) for k, v in headers if k != "content-length"]
+    out.append(("content-length", str(length)))
+    return out
+
+
 # --- plans -----------------------------------------------------------------------------------
 
 
@@ -779,6 +918,8 @@ class TrackPlan:
     zone: str
     key_id: str
     type: str
+    #: The per-client accounting key (:func:`client_key`), None when the address is unknown.
+    client: str | None = field(default=None, repr=False)
 
 
 def plan_track(
@@ -824,6 +965,7 @@ def plan_track(
         zone=zone,
         key_id=key_id(key),
         type=query.type,
+        client=client_key(ip),
     )
 
 

@@ -75,7 +75,7 @@ class ResponseRewriter:
         config = engine.config
         self._original = list(headers)
         reason = ctx.reason if not ctx.eligible else response_skip_reason(status, headers, config)
-        cacheable = reason is None and is_shared_cacheable(headers)
+        cacheable = reason is None and is_shared_cacheable(headers, status)
         if reason is None and not cacheable:
             # An HTML page for this visitor: keep the identity (sticky sampling, I1, I4).
             self._extra = self.state.cookie_headers(engine)

@@ -10,7 +10,23 @@ Glob semantics (chosen for restricted areas, where missing a page is the costly 
   matches ``/account/billing``, ``/account/billing/`` and ``/account/billing/invoices/7`` but
   not ``/account/billingreport``;
 - ``*`` matches any run of characters, ``/`` included; ``?`` matches one character other than
-  ``/``; ``[abc]`` is a character class. A glob with wildcards must match the whole path.
+  ``/``; ``[abc]`` is a character class (``[!abc]`` negated). A glob with wildcards must
+  match the whole path.
+
+Every character counts alike, on the decoded path (``%0A`` arrives as a newline): ``*`` and
+``.`` cross newlines, and the end of the path is its very end, never "before a final newline"
+as Python's ``$`` has it. One exception, on the safe side: a control character (C0, DEL, C1,
+U+2028, U+2029) also ends the path for the rules, so a rule matches a path that it matches up
+to one of them. Routers anchored with Python's ``$`` (Starlette, Django ``re_path``) serve
+``/account/billing%0A`` as ``/account/billing``, and a NUL cuts strings in C code; the rules
+for ``/account/billing`` must cover such paths too.
+
+A compiled regex is searched (``re.search``: anchor it yourself) with that meaning: ``.``
+matches every character (``re.DOTALL`` is added) and an unescaped ``$`` or ``\\Z`` means "the
+end, or before a control character" (in a ``re.MULTILINE`` regex ``$`` is left as written).
+Paths without control characters match exactly as ``re.search`` would. A predicate is called
+with the path, then, if the path holds a control character, with the part before the first
+one and with the path without its trailing ones (:func:`path_forms`), until one says yes.
 
 Paths are compared after collapsing repeated slashes, so ``//account/billing`` is restricted
 too. Predicates cannot run in the browser: a start-up warning says so.
@@ -27,18 +43,59 @@ from typing import Any
 from .config import RouteRule
 from .request import RequestInfo
 
-__all__ = ["RouteRules", "glob_to_regex"]
+__all__ = ["CONTROL_CHARS", "GLOB_FLAGS", "PATH_END", "RouteRules", "glob_to_regex", "path_forms"]
 
 logger = logging.getLogger("replay_middleware.routes")
 
 _SLASHES = re.compile(r"/{2,}")
 
+#: Characters that end a path for the rules (see the module docstring): C0 controls, DEL, C1
+#: controls, LINE SEPARATOR and PARAGRAPH SEPARATOR.
+CONTROL_CHARS = "".join(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029))
+_CONTROL_CLASS = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_CONTROL = re.compile(_CONTROL_CLASS)
+#: "The end of the path": its very end or before a control character. Valid in Python and in
+#: JavaScript (without the "m" flag, where "$" is the very end). In Python "$" also matches
+#: before a final newline, a control character anyway, so the two engines agree.
+PATH_END = f"(?={_CONTROL_CLASS}|$)"
+_PY_PATH_END = f"(?={_CONTROL_CLASS}|\\Z)"
+#: Any character, newline included, in a source valid in Python and in JavaScript without
+#: flags (JavaScript's "." stops at \n, \r, U+2028 and U+2029; Python's at \n).
+_ANY = r"[\s\S]"
+#: The JavaScript flags of an exported glob: code points, as in Python.
+GLOB_FLAGS = "u"
+
+
+def path_forms(path: str) -> tuple[str, ...]:
+    """The paths a predicate rule is called with for ``path`` (a decoded request path).
+
+    Repeated slashes are collapsed; then the path itself, and when it holds a control
+    character also the part before the first one and the path without its trailing ones
+    (empty strings and duplicates left out). Regex rules need no forms: their end anchor
+    already means "the end, or before a control character" (:data:`PATH_END`).
+    """
+    path = RouteRules.normalize(path)
+    first = _CONTROL.search(path)
+    if first is None:
+        return (path,)
+    forms = [path]
+    for form in (path[: first.start()], path.rstrip(CONTROL_CHARS)):
+        if form and form not in forms:
+            forms.append(form)
+    return tuple(forms)
+
 
 def glob_to_regex(glob: str) -> str:
-    """Translate a route glob to a regex source valid in both Python and JavaScript."""
+    """Translate a route glob to a regex source valid in both Python and JavaScript.
+
+    The source starts with ``^``, ends with :data:`PATH_END` and holds no ``.``, so it means
+    the same in both engines and no character (a newline included) is special, except that a
+    control character ends the path. It is exported with the ``u`` flag (:data:`GLOB_FLAGS`),
+    so that ``?`` and classes take one code point in JavaScript too, not one UTF-16 unit.
+    """
     if not any(ch in glob for ch in "*?["):
         base = glob.rstrip("/")
-        return "^" + _escape(base) + "(?:/.*)?$" if base else "^/.*$"
+        return f"^{_escape(base)}(?:/{_ANY}*)?{PATH_END}" if base else f"^/{_ANY}*{PATH_END}"
     out = ["^"]
     i = 0
     while i < len(glob):
@@ -46,7 +103,7 @@ def glob_to_regex(glob: str) -> str:
         if ch == "*":
             while i + 1 < len(glob) and glob[i + 1] == "*":
                 i += 1
-            out.append(".*")
+            out.append(_ANY + "*")
         elif ch == "?":
             out.append("[^/]")
         elif ch == "[":
@@ -57,33 +114,108 @@ def glob_to_regex(glob: str) -> str:
                 body = glob[i + 1 : end]
                 negate = body.startswith("!")
                 body = body[1:] if negate else body
-                body = body.replace("\\", "\\\\").replace("]", r"\]")
+                # Escape what is special inside a class in either engine: "\\", "]", a leading
+                # "^", and "[", "&", "~", "|" that Python warns about as future set syntax
+                # ("&" and "~" in hex: JavaScript's "u" mode allows no other escape of them).
+                body = re.sub(r"([\\\]\[^|])", r"\\\1", body)
+                body = body.replace("&", r"\x26").replace("~", r"\x7e")
                 out.append("[" + ("^" if negate else "") + body + "]")
                 i = end
         else:
             out.append(_escape(ch))
         i += 1
-    out.append("$")
+    out.append(PATH_END)
     return "".join(out)
 
 
 def _escape(text: str) -> str:
-    # re.escape escapes more than JavaScript needs but everything it emits is valid in a JS
-    # regex without the "u" flag, except escaped characters JS treats as identity escapes,
-    # which are also fine there.
+    # Only regex syntax characters and "/": escapes valid in Python and in a JavaScript regex
+    # with the "u" flag, which allows no other identity escape.
     return re.sub(r"([.^$*+?()\[\]{}|\\/])", r"\\\1", text)
 
 
-# Python-only regex syntax and its JavaScript spelling (ES2018).
-_PY_TO_JS = ((re.compile(r"\(\?P<"), "(?<"), (re.compile(r"\\A"), "^"), (re.compile(r"\\Z"), "$"))
+# Python-only regex syntax JavaScript cannot run (the spellings it can are rewritten first).
 _JS_UNSAFE = re.compile(r"\(\?P=|\(\?#|\(\?[aiLmsux-]+[:)]|\\[Zz]|\(\?\(|\*\+|\+\+|\?\+|\}\+")
 
 
+def _rewrite(source: str, *, js: bool, verbose: bool = False, multiline: bool = False) -> str:
+    """Rewrite a Python regex source to the route rules' meaning of characters.
+
+    Outside character classes and comments, an unescaped ``$`` or ``\\Z`` becomes "the end, or
+    before a control character" (:data:`PATH_END`; Python's own ``$`` also matches before a
+    final newline). For JavaScript (``js``), ``.`` becomes ``[\\s\\S]`` (its ``.`` stops at
+    four line terminators; Python gets ``re.DOTALL``) and the Python-only spellings ``\\A``
+    and ``(?P<`` become ``^`` and ``(?<``. A ``]`` opening a class is escaped (Python reads it
+    as a literal, JavaScript as the end of an empty class). In a ``multiline`` regex ``$``
+    means the end of a line and is left as written.
+    """
+    path_end = PATH_END if js else _PY_PATH_END
+    out: list[str] = []
+    i, n = 0, len(source)
+    in_class = False
+    while i < n:
+        ch = source[i]
+        if ch == "\\":
+            pair = source[i : i + 2]
+            if not in_class and pair == "\\Z":
+                pair = path_end
+            elif js and not in_class and pair == "\\A":
+                pair = "^"
+            out.append(pair)
+            i += 2
+        elif in_class:
+            in_class = ch != "]"
+            out.append(ch)
+            i += 1
+        elif ch == "[":
+            out.append(ch)
+            i += 1
+            if source.startswith("^", i):
+                out.append("^")
+                i += 1
+            if source.startswith("]", i):
+                out.append("\\]")
+                i += 1
+            in_class = True
+        elif source.startswith("(?#", i) or (verbose and ch == "#"):
+            end = source.find(")" if ch == "(" else "\n", i)
+            end = n if end == -1 else end + (ch == "(")
+            out.append(source[i:end])
+            i = end
+        elif js and source.startswith("(?P<", i):
+            out.append("(?<")
+            i += 4
+        else:
+            if ch == "." and js:
+                ch = _ANY
+            elif ch == "$" and not multiline:
+                ch = path_end
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _strict_pattern(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """The user's regex with the rules' meaning: ``re.DOTALL`` added, ``$``/``\\Z`` rewritten."""
+    flags = pattern.flags | re.DOTALL
+    source = _rewrite(
+        pattern.pattern,
+        js=False,
+        verbose=bool(flags & re.VERBOSE),
+        multiline=bool(flags & re.MULTILINE),
+    )
+    try:
+        return re.compile(source, flags)
+    except re.error:  # a construct the rewrite misread: keep the anchors as written
+        logger.debug("route regex %r: end anchors kept as written", pattern.pattern)
+        return re.compile(pattern.pattern, flags)
+
+
 def _pattern_to_js(pattern: re.Pattern[str]) -> dict[str, str] | None:
-    source = pattern.pattern
-    for rx, repl in _PY_TO_JS:
-        source = rx.sub(repl, source)
-    if _JS_UNSAFE.search(source) or pattern.flags & (re.VERBOSE | re.LOCALE):
+    if pattern.flags & (re.VERBOSE | re.LOCALE):
+        return None
+    source = _rewrite(pattern.pattern, js=True, multiline=bool(pattern.flags & re.MULTILINE))
+    if _JS_UNSAFE.search(source):
         return None
     flags = ""
     if pattern.flags & re.IGNORECASE:
@@ -106,15 +238,16 @@ class _Rule:
         if self.regex is not None:
             return self.regex.search(path) is not None
         assert self.predicate is not None
-        return bool(self.predicate(path, request))
+        return any(bool(self.predicate(form, request)) for form in path_forms(path))
 
 
 def _compile(rule: RouteRule) -> _Rule:
     if isinstance(rule, str):
         source = glob_to_regex(rule)
-        return _Rule(re.compile(source), None, {"source": source, "flags": ""}, rule)
+        js = {"source": source, "flags": GLOB_FLAGS}
+        return _Rule(re.compile(source), None, js, rule)
     if isinstance(rule, re.Pattern):
-        return _Rule(rule, None, _pattern_to_js(rule), rule.pattern)
+        return _Rule(_strict_pattern(rule), None, _pattern_to_js(rule), rule.pattern)
     return _Rule(None, rule, None, getattr(rule, "__name__", repr(rule)))
 
 
@@ -144,8 +277,9 @@ class RouteRules:
     def excluded(self, path: str, request: RequestInfo) -> str | None:
         """The reason ``path`` is restricted ("excluded_route" / "not_included"), or None.
 
-        A predicate that raises counts as a match: failing closed is the safe side for a
-        restricted area; the error is logged.
+        A predicate is called with each of :func:`path_forms` until one says yes. A predicate
+        that raises counts as a match: failing closed is the safe side for a restricted area;
+        the error is logged.
         """
         path = self.normalize(path)
         for rule in self._exclude:

@@ -16,10 +16,15 @@ and close it on shutdown::
 
 What it guarantees:
 
-- Uploads stream both ways: the request body goes up as it arrives (never buffered whole,
-  counted against ``max_upload_bytes``: 413 in the SDK's split wording), the response comes
-  back with ``aiter_raw()`` (never decoded). Every response is closed in ``finally`` (shielded
-  from cancellation), so pool slots return on every path.
+- A slow client never holds an upstream connection: the request body is read whole first,
+  in memory up to ``upload_memory_bytes`` and then in an anonymous temporary file, within
+  ``client_body_timeout`` (else 408, the upstream never contacted), counted against
+  ``max_upload_bytes`` (413 in the SDK's split wording); one client address has at most
+  ``max_uploads_per_client`` uploads in flight (else 429 before its body is read). Only then
+  is a pooled connection taken, and the body goes up with its exact ``Content-Length``.
+- The response comes back with ``aiter_raw()`` (never decoded). Every response is closed in
+  ``finally`` (shielded from cancellation), so pool slots and client slots return on every
+  path.
 - A client that disconnects cancels the upstream request (its ``http.disconnect`` is raced
   against the upstream exchange in an anyio task group). The whole exchange has a budget of
   ``upstream_timeout`` (8 s by default, under the SDK's 10 s abort, PROTOCOL §1.2).
@@ -38,8 +43,13 @@ Importing this module does not import httpx; constructing a proxy does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import http.cookiejar
+import itertools
 import logging
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import (
@@ -51,15 +61,17 @@ from collections.abc import (
     Iterator,
     MutableMapping,
 )
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import anyio
 
 from .proxy import (
+    CLIENT_BUSY,
     CONFIG_STALE_IF_ERROR,
     DEFAULT_UPSTREAMS,
     MAX_CONFIG_BYTES,
     Breaker,
+    ClientSlots,
     ConfigEntry,
     ConfigPlan,
     ConfigSlot,
@@ -70,6 +82,7 @@ from .proxy import (
     TrackPlan,
     TrustedProxies,
     UploadCounter,
+    UploadDeadlines,
     Upstreams,
     config_entry,
     config_is_fresh,
@@ -79,11 +92,14 @@ from .proxy import (
     fault_response,
     filter_response_headers,
     key_id,
+    looks_like_a_proxy,
     plan_config,
     plan_track,
     redact_url,
     sniff_body,
+    upload_deadlines,
     upstream_status_is_redirect,
+    with_content_length,
 )
 
 if TYPE_CHECKING:
@@ -377,11 +393,31 @@ class _ProxyCore:
         self._failing: set[tuple[str, str]] = set()
         self._in_flight = 0
         self._closed = False
+        #: Uploads in flight per client address (``max_uploads_per_client``).
+        self.client_slots = ClientSlots(config.max_uploads_per_client)
+        self._proxy_hint_logged = False
 
     @property
     def in_flight(self) -> int:
-        """Upload exchanges currently holding (or waiting for) an upstream connection."""
+        """Uploads being handled: reading their body, or holding (or waiting for) an upstream
+        connection."""
         return self._in_flight
+
+    def _deadlines(self, now: float) -> UploadDeadlines:
+        return upload_deadlines(
+            now,
+            client_body_timeout=self.replay_config.client_body_timeout,
+            upstream_timeout=self.replay_config.upstream_timeout,
+        )
+
+    def _upload_timeouts(self, left: float) -> dict[str, float | None]:
+        """httpx timeouts of an upload sent with ``left`` seconds of its budget remaining:
+        no operation may outlast the budget (the sync twin has no cancel scope around it)."""
+        left = max(left, 0.001)
+        return {
+            name: value if value is None else min(value, left)
+            for name, value in self._track_timeout.items()
+        }
 
     def _client_options(self) -> dict[str, Any]:
         """The pooled client's safe defaults (P7), the same for ``httpx.Client`` and
@@ -424,6 +460,18 @@ class _ProxyCore:
         if retry is not None:
             log.status, log.reason = 503, "breaker_open"
             return fault_response("breaker_open", retry_after=retry)
+        # Last, so that only an admitted upload holds a slot; the caller releases it.
+        if not self.client_slots.acquire(plan.client):
+            log.status, log.reason = CLIENT_BUSY.status, CLIENT_BUSY.reason
+            if not self._proxy_hint_logged and looks_like_a_proxy(plan.client, self.trusted):
+                self._proxy_hint_logged = True
+                logger.warning(
+                    "replay proxy: a private address reached max_uploads_per_client=%d and "
+                    "trusted_proxies is empty; if it is your load balancer, every visitor "
+                    "shares its cap: set trusted_proxies",
+                    self.client_slots.limit,
+                )
+            return CLIENT_BUSY.response()
         return plan
 
     def _admit_config(
@@ -641,7 +689,8 @@ class AsyncUploadProxy(_ProxyCore):
     # -- uploads ------------------------------------------------------------------------------
 
     async def handle_track(self, request: RequestInfo, receive: Receive, send: Send) -> None:
-        """Answer ``{prefix}/track``: check, then stream the upload to the key's zone."""
+        """Answer ``{prefix}/track``: check, read the body whole, then send it to the key's
+        zone and stream the answer back."""
         log = _Log("track", request.method)
         try:
             await self._track(request, receive, send, log)
@@ -653,17 +702,20 @@ class AsyncUploadProxy(_ProxyCore):
         if isinstance(plan, ProxyResponse):
             await _send_response(send, plan)
             return
-        upload = _Upload(self, plan, receive, send, log)
+        try:
+            upload = _Upload(self, plan, receive, send, log)
+        except BaseException:
+            self.client_slots.release(plan.client)
+            raise
         self._in_flight += 1
         try:
-            with anyio.move_on_after(self.config.upstream_timeout) as deadline:
-                await upload.run()
-            if deadline.cancelled_caught:
-                await upload.on_deadline()
+            await upload.run()
         finally:
             self._in_flight -= 1
+            self.client_slots.release(plan.client)
+            upload.spool.close()
             self._record_breaker(plan.zone, upload.upstream_ok)
-            log.bytes_in = upload.counter.total
+            log.bytes_in = upload.gate.counter.total
         if upload.aborted:
             raise ResponseAborted(log.reason)
 
@@ -674,22 +726,25 @@ class AsyncUploadProxy(_ProxyCore):
         yields the request body; the reply streams the upstream response raw. The caller must
         always ``await reply.aclose()`` (it returns the pool slot and logs the outcome).
 
-        The budget (``upstream_timeout``) covers reading the body and waiting for the upstream
-        answer; the response body is then bounded by the per-read timeout. Cancelling the
-        caller (a client disconnect) cancels the upstream request. Iterating ``reply.body``
-        may raise :class:`ResponseAborted` (the upstream broke mid-response).
+        As in :meth:`handle_track`, the body is read whole (within ``client_body_timeout``)
+        before an upstream connection is taken, and the budget (``upstream_timeout``) covers
+        reading it and waiting for the upstream answer; the response body is then bounded by
+        the per-read timeout. Cancelling the caller (a client disconnect) cancels the upstream
+        request. Iterating ``reply.body`` may raise :class:`ResponseAborted` (the upstream broke
+        mid-response).
         """
         log = _Log("track", request.method)
         plan = self._admit_track(request, log)
         if isinstance(plan, ProxyResponse):
             return AsyncProxyReply.complete(plan, log.reason, _async_emit(log))
-        self._in_flight += 1
-        upload = _StreamUpload(self, plan, body, log)
         try:
-            reply: AsyncProxyReply | None = None
-            with anyio.move_on_after(self.config.upstream_timeout):
-                reply = await upload.run()
-            return reply if reply is not None else upload.on_deadline()
+            upload = _StreamUpload(self, plan, body, log, anyio.current_time())
+        except BaseException:
+            self.client_slots.release(plan.client)
+            raise
+        self._in_flight += 1
+        try:
+            return await upload.run()
         except BaseException:
             await upload.release()
             raise
@@ -830,7 +885,13 @@ class AsyncUploadProxy(_ProxyCore):
 
 
 class _Upload:
-    """One upload in flight: all per-request state lives here (STYLE 5)."""
+    """One ASGI upload in flight: all per-request state lives here (STYLE 5).
+
+    Two phases (notes/proxy.md case 43): the client's body is read whole into a
+    :class:`_Spool` before the body deadline, holding no upstream connection; then it goes up
+    with its length known, within what is left of the total budget, while a task watches the
+    client for a disconnect.
+    """
 
     def __init__(
         self, proxy: AsyncUploadProxy, plan: TrackPlan, receive: Receive, send: Send, log: _Log
@@ -840,10 +901,9 @@ class _Upload:
         self.receive = receive
         self._send = send
         self.log = log
-        self.counter = UploadCounter(proxy.config.max_upload_bytes, plan.content_length)
-        self.prefetched: list[bytes] = []
-        self.complete = False  # the client's body has been read entirely
-        self.waiting_client = False  # awaiting receive() for body bytes
+        self.gate = _BodyGate(proxy.config.max_upload_bytes, plan.content_length)
+        self.spool = _Spool(proxy.config.upload_memory_bytes)
+        self.deadlines = proxy._deadlines(anyio.current_time())
         self.client_gone = False
         self.started = False  # the response start went to the client
         self.finished = False  # ... and its last body message
@@ -856,24 +916,13 @@ class _Upload:
     async def _next_chunk(self) -> tuple[bytes, bool]:
         """The next body chunk and whether more follow; ``_ClientGone`` on disconnect."""
         while True:
-            # Left True if cancelled here: the deadline then blames the client (408).
-            self.waiting_client = True
             message = await self.receive()
-            self.waiting_client = False
             kind = message.get("type")
             if kind == "http.disconnect":
                 self.client_gone = True
                 raise _ClientGone
             if kind == "http.request":
                 return message.get("body", b"") or b"", bool(message.get("more_body", False))
-
-    def _count(self, chunk: bytes, more: bool) -> None:
-        rejection = self.counter.add(len(chunk))
-        if rejection is None and not more:
-            self.complete = True
-            rejection = self.counter.finish()
-        if rejection is not None:
-            raise _BodyRejected(rejection)
 
     async def _emit(self, message: Message) -> bool:
         """Send to the client; False (and client_gone) if the server refuses."""
@@ -907,62 +956,56 @@ class _Upload:
 
     async def run(self) -> None:
         try:
-            if not await self._prefetch():
-                return
+            refused = await self._read_body()
         except _ClientGone:
             self.log.reason = "client_abort"
             return
-        except _BodyRejected as exc:
-            await self.reply(exc.rejection.response(), exc.rejection.reason)
+        if refused is not None:
+            await self.reply(*refused)
             return
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            try:
-                await self._exchange()
-            except Exception:
-                # A bug of ours or an exotic transport: never let it out of the task group
-                # (it would surface as an ExceptionGroup), and still answer something the SDK
-                # retries, or abort if the response already started.
-                logger.exception("replay proxy: upload exchange failed unexpectedly")
-                self.upstream_ok = None
-                if self.started:
-                    self.aborted = True
-                    self.log.reason = "proxy_error"
-                else:
-                    await self.reply(fault_response("upstream_error"), "proxy_error")
+            # The body is in: from now on receive() only reports a disconnect.
+            tg.start_soon(self._watch_disconnect)
+            with anyio.CancelScope(deadline=self.deadlines.total) as budget:
+                try:
+                    await self._exchange()
+                except Exception:
+                    # A bug of ours or an exotic transport: never let it out of the task group
+                    # (it would surface as an ExceptionGroup), and still answer something the
+                    # SDK retries, or abort if the response already started.
+                    logger.exception("replay proxy: upload exchange failed unexpectedly")
+                    self.upstream_ok = None
+                    if self.started:
+                        self.aborted = True
+                        self.log.reason = "proxy_error"
+                    else:
+                        await self.reply(fault_response("upstream_error"), "proxy_error")
+            if budget.cancelled_caught:
+                await self._on_budget_spent()
             tg.cancel_scope.cancel()
         if self.client_gone and not self.finished:
             self.log.reason = "client_abort"
 
-    async def _prefetch(self) -> bool:
-        """Read until the first bytes tell JSON or gzip from anything else (case 27)."""
-        head = b""
-        while True:
-            chunk, more = await self._next_chunk()
-            self._count(chunk, more)
-            if chunk:
-                self.prefetched.append(chunk)
-                if len(head) < _SNIFF_BYTES:
-                    head += chunk[: _SNIFF_BYTES - len(head)]
-            verdict = sniff_body(head, not more)
-            if verdict is None:
-                continue
-            if not verdict:
-                await self.reply(_UNSUPPORTED, "unsupported_payload")
-            return verdict
-
-    async def _body(self) -> AsyncGenerator[bytes, None]:
-        """The request body for httpx: what was prefetched, then the rest as it arrives."""
-        while self.prefetched:
-            yield self.prefetched.pop(0)
-        while not self.complete:
-            chunk, more = await self._next_chunk()
-            self._count(chunk, more)
-            if chunk:
-                yield chunk
-        # The body is in: from now on receive() only reports a disconnect; watch for it.
-        if self._tg is not None:
-            self._tg.start_soon(self._watch_disconnect)
+    async def _read_body(self) -> tuple[ProxyResponse, str] | None:
+        """Read the whole body into the spool before the body deadline (``_ClientGone`` on a
+        disconnect). None: it may go up; else the answer that refuses it (413/400 from the
+        gate, 415 from the sniff, 408)."""
+        with anyio.CancelScope(deadline=self.deadlines.body) as scope:
+            try:
+                while not self.gate.complete:
+                    chunk, more = await self._next_chunk()
+                    if not _take(self.gate, self.spool, chunk, more):
+                        return _UNSUPPORTED, "unsupported_payload"  # before reading it all
+            except _BodyRejected as exc:
+                return exc.rejection.response(), exc.rejection.reason
+        if scope.cancelled_caught:
+            # The client's body is what we waited for (slowloris, case 43): a 408, which the
+            # SDK retries; the upstream was never contacted.
+            return fault_response("client_timeout"), "client_timeout"
+        if not self.gate.verdict():
+            return _UNSUPPORTED, "unsupported_payload"
+        return None
 
     async def _watch_disconnect(self) -> None:
         try:
@@ -979,11 +1022,11 @@ class _Upload:
     async def _exchange(self) -> None:
         import httpx
 
-        body = self._body()
+        body = self.spool.achunks()
         request = httpx.Request(
             "POST",
             self.plan.url,
-            headers=list(self.plan.headers),
+            headers=with_content_length(self.plan.headers, self.spool.size),
             content=body,
             extensions={"timeout": self.proxy._track_timeout},
         )
@@ -992,12 +1035,6 @@ class _Upload:
                 response = await self.proxy.client.send(
                     request, stream=True, follow_redirects=False, auth=None
                 )
-            except _ClientGone:
-                self.log.reason = "client_abort"
-                return
-            except _BodyRejected as exc:
-                await self.reply(exc.rejection.response(), exc.rejection.reason)
-                return
             except httpx.HTTPError as exc:
                 kind = _fault_kind(exc)
                 if kind != "pool_exhausted":
@@ -1050,19 +1087,16 @@ class _Upload:
             self.log.reason = _upstream_reason(status)
         await self._emit({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def on_deadline(self) -> None:
-        """The total budget ran out (P5: under the SDK's 10 s abort)."""
+    async def _on_budget_spent(self) -> None:
+        """The total budget ran out while the upstream had the body (P5: under the SDK's
+        10 s abort)."""
         if self.finished or self.client_gone:
             return
+        self.upstream_ok = False
         if self.started:
-            self.upstream_ok = False
             self.aborted = True
             self.log.reason = "upstream_timeout"
-        elif self.waiting_client:
-            # The client's body is what we waited for (slowloris, case 43).
-            await self.reply(fault_response("client_timeout"), "client_timeout")
         else:
-            self.upstream_ok = False
             await self.reply(fault_response("upstream_timeout"), "upstream_timeout")
 
 
@@ -1112,6 +1146,146 @@ class _BodyGate:
         return sniff_body(self.head, self.complete)
 
 
+class _Spool:
+    """An upload body held until it is complete (case 43): in memory up to ``limit`` bytes
+    (``upload_memory_bytes``), the rest in an anonymous temporary file, so each upload in
+    flight costs at most about ``limit`` of memory whatever its size. The file is unlinked as
+    it is made (``tempfile.TemporaryFile``, in ``TMPDIR``): nothing is left behind, even by a
+    crash. The async twin writes and reads it on the event loop: page-cache I/O of at most
+    64 KiB at a time, as Django's ASGI handler does with its own request-body spool."""
+
+    __slots__ = ("_file", "_limit", "_memory", "size")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        # One growing buffer rather than a list of chunks: a client sending its body in
+        # 1-byte pieces costs 1 byte each, not a Python object each.
+        self._memory = bytearray()
+        self._file: IO[bytes] | None = None
+        self.size = 0
+
+    @property
+    def spilled(self) -> bool:
+        """Whether the body went past the memory threshold into a temporary file."""
+        return self._file is not None
+
+    def write(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.size += len(chunk)
+        if self._file is None:
+            if len(self._memory) + len(chunk) <= self._limit:
+                self._memory += chunk
+                return
+            # Closed by close(), which every upload's release calls.
+            self._file = tempfile.TemporaryFile(prefix="replay-upload-")  # noqa: SIM115
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        self._file.write(chunk)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body from its start, in pieces of at most :data:`READ_CHUNK` bytes."""
+        if self._file is None:
+            memory = self._memory
+            for start in range(0, len(memory), READ_CHUNK):
+                yield bytes(memory[start : start + READ_CHUNK])
+            return
+        self._file.seek(0)
+        while chunk := self._file.read(READ_CHUNK):
+            yield chunk
+
+    async def achunks(self) -> AsyncGenerator[bytes, None]:
+        for chunk in self.chunks():
+            yield chunk
+
+    def close(self) -> None:
+        self._memory = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _take(gate: _BodyGate, spool: _Spool, chunk: bytes, more: bool) -> bool:
+    """Check and keep one chunk of a body (raises ``_BodyRejected``); False as soon as its
+    first bytes show it is neither JSON nor gzip (a 415 at once, not after the whole body)."""
+    gate.add(chunk, more)
+    spool.write(chunk)
+    return gate.verdict() is not False
+
+
+class _ReadReaper:
+    """Ends the blocked body reads of sync uploads at their deadline (case 43).
+
+    A WSGI server's ``wsgi.input.read(n)`` blocks until ``n`` bytes are in (gunicorn loops over
+    ``recv``), so no per-read socket timeout stops a client that trickles a byte a second: each
+    ``recv`` returns in time. When the server shows the connection's socket (``gunicorn.socket``,
+    ``werkzeug.socket``), one daemon thread per proxy sleeps until the earliest deadline and
+    shuts that socket's *reading* side down: the blocked read returns short (or raises), the
+    408 still goes out on the writing side, and the server closes the connection since its
+    request body never completed. Without a socket the deadline is checked between reads only.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._watched: dict[int, socket.socket] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, sock: socket.socket, deadline: float) -> int:
+        """Shut ``sock``'s reading side at ``deadline`` (``time.monotonic``) unless
+        :meth:`unwatch` comes first; returns the token for it."""
+        with self._cond:
+            token = next(self._ids)
+            self._watched[token] = sock
+            heapq.heappush(self._heap, (deadline, token))
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="replay-middleware-reaper", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return token
+
+    def unwatch(self, token: int) -> bool:
+        """Stop watching; True when the deadline had already shut the socket's reading side.
+        Under the same lock as the shutdown, so a socket is never shut after this returns
+        (the server may reuse the connection for its next request)."""
+        with self._cond:
+            return self._watched.pop(token, None) is None
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, token = self._heap[0]
+                if token not in self._watched:
+                    heapq.heappop(self._heap)  # unwatched in time
+                    continue
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+                sock = self._watched.pop(token)
+                # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown
+                # would drop the TLS state the 408 is written with. OSError: the server
+                # closed it already.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RD)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._watched.clear()
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+
 _UNSUPPORTED: Final = ProxyResponse(
     415,
     (("content-type", "application/json"), ("cache-control", "no-store")),
@@ -1121,28 +1295,34 @@ _UNSUPPORTED: Final = ProxyResponse(
 
 class _UploadCore:
     """What an upload of :meth:`UploadProxy.track` and one of
-    :meth:`AsyncUploadProxy.track_stream` share (STYLE 12): the per-request state, the
-    upstream request, how a failure is answered and how the upstream answer is read. No I/O."""
+    :meth:`AsyncUploadProxy.track_stream` share (STYLE 12): the per-request state (the body
+    gate, the spool, the deadlines in the twin's clock), the upstream request, how a failure
+    is answered and how the upstream answer is read. No I/O."""
 
-    def __init__(self, proxy: _ProxyCore, plan: TrackPlan, log: _Log) -> None:
+    def __init__(self, proxy: _ProxyCore, plan: TrackPlan, log: _Log, now: float) -> None:
         self.proxy = proxy
         self.plan = plan
         self.log = log
         self.gate = _BodyGate(proxy.replay_config.max_upload_bytes, plan.content_length)
-        self.prefetched: list[bytes] = []
+        self.spool = _Spool(proxy.replay_config.upload_memory_bytes)
+        self.deadlines = proxy._deadlines(now)
         self.upstream_ok: bool | None = None  # for the breaker; None = not the upstream's doing
         self.response: httpx.Response | None = None
         self._released = False
 
-    def _request(self, content: Iterator[bytes] | AsyncIterator[bytes]) -> httpx.Request:
+    def _request(
+        self, content: Iterator[bytes] | AsyncIterator[bytes], now: float
+    ) -> httpx.Request:
+        """The upstream request of a body read whole (its length known), with httpx's
+        timeouts bounded by what is left of the total budget at ``now``."""
         import httpx
 
         return httpx.Request(
             "POST",
             self.plan.url,
-            headers=list(self.plan.headers),
+            headers=with_content_length(self.plan.headers, self.spool.size),
             content=content,
-            extensions={"timeout": self.proxy._track_timeout},
+            extensions={"timeout": self.proxy._upload_timeouts(self.deadlines.total_left(now))},
         )
 
     def _failure(self, exc: Exception) -> tuple[ProxyResponse, str]:
@@ -1347,6 +1527,7 @@ class UploadProxy(_ProxyCore):
         self._lock = threading.Lock()
         self._flights: dict[tuple[str, str], threading.Event] = {}
         self._threads: set[threading.Thread] = set()
+        self._reaper = _ReadReaper()
 
     # -- client -------------------------------------------------------------------------------
 
@@ -1365,6 +1546,7 @@ class UploadProxy(_ProxyCore):
         """Stop scheduling refreshes, wait briefly for those in flight, and close the client
         if this proxy created it. Idempotent."""
         self._closed = True
+        self._reaper.close()
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
@@ -1384,20 +1566,34 @@ class UploadProxy(_ProxyCore):
 
     # -- uploads ------------------------------------------------------------------------------
 
-    def track(self, request: RequestInfo, body: Callable[[int], bytes]) -> ProxyReply:
-        """Answer ``POST {prefix}/track``: check, then stream the upload to the key's zone.
+    def track(
+        self,
+        request: RequestInfo,
+        body: Callable[[int], bytes],
+        *,
+        client_socket: socket.socket | None = None,
+    ) -> ProxyReply:
+        """Answer ``POST {prefix}/track``: check, read the body whole (within
+        ``client_body_timeout``), then send it to the key's zone.
 
         ``body(n)`` reads up to ``n`` bytes of the request body, ``b""`` at its end (WSGI's
         ``wsgi.input.read``, Django's ``request.read``); it is called only while the declared
-        length (if any) is not in, so it never blocks past the body. Never raises for client or
-        upstream faults: those become statuses the SDK understands.
+        length (if any) is not in, so it never blocks past the body. ``client_socket``: the
+        connection's socket when the server shows it (``wsgi.client_socket`` finds it): a read
+        still blocked at the body deadline is then cut short (see :class:`_ReadReaper`);
+        without it the deadline is checked between reads. Never raises for client or upstream
+        faults: those become statuses the SDK understands.
         """
         log = _Log("track", request.method)
         plan = self._admit_track(request, log)
         if isinstance(plan, ProxyResponse):
             return ProxyReply.complete(plan, log.reason, log.emit)
+        try:
+            exchange = _SyncUpload(self, plan, body, log, client_socket)
+        except BaseException:
+            self.client_slots.release(plan.client)
+            raise
         self._adjust(1)
-        exchange = _SyncUpload(self, plan, body, log)
         try:
             return exchange.run()
         except BaseException:
@@ -1535,14 +1731,20 @@ class _SyncUpload(_UploadCore):
     proxy: UploadProxy
 
     def __init__(
-        self, proxy: UploadProxy, plan: TrackPlan, read: Callable[[int], bytes], log: _Log
+        self,
+        proxy: UploadProxy,
+        plan: TrackPlan,
+        read: Callable[[int], bytes],
+        log: _Log,
+        client_socket: socket.socket | None,
     ) -> None:
-        super().__init__(proxy, plan, log)
+        super().__init__(proxy, plan, log, time.monotonic())
         self.read = read
-        self.deadline = time.monotonic() + proxy.replay_config.upstream_timeout
+        self.client_socket = client_socket
 
     def release(self) -> None:
-        """Return the pool slot, feed the breaker and log the outcome; once."""
+        """Return the pool slot and the client slot, feed the breaker and log the outcome;
+        once."""
         if self._released:
             return
         self._released = True
@@ -1550,6 +1752,8 @@ class _SyncUpload(_UploadCore):
             if self.response is not None:
                 self.response.close()
         finally:
+            self.spool.close()
+            self.proxy.client_slots.release(self.plan.client)
             with self.proxy._lock:
                 self.proxy._in_flight -= 1
                 self._settle()
@@ -1559,41 +1763,47 @@ class _SyncUpload(_UploadCore):
         self.log.status, self.log.reason = response.status, reason
         return ProxyReply.complete(response, reason, self.release)
 
-    def _next(self) -> bytes:
-        """The next chunk of the client's body (counted and checked), b"" at its end."""
-        if time.monotonic() > self.deadline:
+    def _next(self) -> tuple[bytes, bool]:
+        """The next chunk of the client's body and whether more follow."""
+        if time.monotonic() >= self.deadlines.body:
             raise _Deadline
         want = self.gate.want()
         if want == 0:
-            self.gate.add(b"", False)
-            return b""
+            return b"", False
         try:
             chunk = self.read(want)
         except Exception as exc:
+            # A read the reaper cut short, or a client gone.
+            if time.monotonic() >= self.deadlines.body:
+                raise _Deadline from exc
             raise _ClientGone from exc
-        self.gate.add(chunk, self.gate.more_after(chunk))
-        return chunk
+        if len(chunk) < want and time.monotonic() >= self.deadlines.body:
+            raise _Deadline  # cut short by the reaper: not a client that sent too little
+        return chunk, self.gate.more_after(chunk)
 
-    def _body(self) -> Iterator[bytes]:
-        yield from self.prefetched
-        self.prefetched = []
-        while not self.gate.complete:
-            chunk = self._next()
-            if chunk:
-                yield chunk
+    def _read_body(self) -> tuple[ProxyResponse, str] | None:
+        """Read the whole body into the spool before the body deadline (raises ``_Deadline``,
+        ``_ClientGone``, ``_BodyRejected``); None: it may go up, else the 415 to answer."""
+        reaper = self.proxy._reaper
+        sock = self.client_socket
+        token = None if sock is None else reaper.watch(sock, self.deadlines.body)
+        try:
+            while not self.gate.complete:
+                if not _take(self.gate, self.spool, *self._next()):
+                    return _UNSUPPORTED, "unsupported_payload"
+        finally:
+            if token is not None and reaper.unwatch(token) and not self.gate.complete:
+                raise _Deadline
+        return None if self.gate.verdict() else (_UNSUPPORTED, "unsupported_payload")
 
     def run(self) -> ProxyReply:
         try:
-            verdict = self.gate.verdict()
-            while verdict is None:
-                chunk = self._next()
-                if chunk:
-                    self.prefetched.append(chunk)
-                verdict = self.gate.verdict()
-            if not verdict:
-                return self._answer(_UNSUPPORTED, "unsupported_payload")
+            refused = self._read_body()
+            if refused is not None:
+                return self._answer(*refused)
+            request = self._request(self.spool.chunks(), time.monotonic())
             self.response = self.proxy.client.send(
-                self._request(self._body()), stream=True, follow_redirects=False, auth=None
+                request, stream=True, follow_redirects=False, auth=None
             )
         except Exception as exc:
             return self._answer(*self._failure(exc))
@@ -1628,11 +1838,15 @@ class _StreamUpload(_UploadCore):
     proxy: AsyncUploadProxy
 
     def __init__(
-        self, proxy: AsyncUploadProxy, plan: TrackPlan, body: AsyncIterator[bytes], log: _Log
+        self,
+        proxy: AsyncUploadProxy,
+        plan: TrackPlan,
+        body: AsyncIterator[bytes],
+        log: _Log,
+        now: float,
     ) -> None:
-        super().__init__(proxy, plan, log)
+        super().__init__(proxy, plan, log, now)
         self.source = body
-        self.waiting_client = False
 
     async def release(self) -> None:
         if self._released:
@@ -1643,6 +1857,8 @@ class _StreamUpload(_UploadCore):
                 with anyio.CancelScope(shield=True):
                     await self.response.aclose()
         finally:
+            self.spool.close()
+            self.proxy.client_slots.release(self.plan.client)
             self.proxy._in_flight -= 1
             self._settle()
             self.log.emit()
@@ -1651,56 +1867,49 @@ class _StreamUpload(_UploadCore):
         self.log.status, self.log.reason = response.status, reason
         return AsyncProxyReply.complete(response, reason, self.release)
 
-    async def _next(self) -> bytes:
-        if self.gate.complete:
-            return b""
-        self.waiting_client = True
+    async def _next(self) -> tuple[bytes, bool]:
         try:
             chunk = await self.source.__anext__()
         except StopAsyncIteration:
             chunk = b""
         except Exception as exc:
             raise _ClientGone from exc
-        finally:
-            self.waiting_client = False
-        self.gate.add(chunk, bool(chunk))
-        return chunk
+        return chunk, bool(chunk)
 
-    async def _body(self) -> AsyncGenerator[bytes, None]:
-        while self.prefetched:
-            yield self.prefetched.pop(0)
-        while not self.gate.complete:
-            chunk = await self._next()
-            if chunk:
-                yield chunk
+    async def _read_body(self) -> tuple[ProxyResponse, str] | None:
+        """Read the whole body into the spool before the body deadline; None: it may go up,
+        else the answer that refuses it."""
+        with anyio.CancelScope(deadline=self.deadlines.body) as scope:
+            while not self.gate.complete:
+                if not _take(self.gate, self.spool, *await self._next()):
+                    return _UNSUPPORTED, "unsupported_payload"
+        if scope.cancelled_caught:
+            return fault_response("client_timeout"), "client_timeout"
+        return None if self.gate.verdict() else (_UNSUPPORTED, "unsupported_payload")
 
     async def run(self) -> AsyncProxyReply:
         try:
-            verdict = self.gate.verdict()
-            while verdict is None:
-                chunk = await self._next()
-                if chunk:
-                    self.prefetched.append(chunk)
-                verdict = self.gate.verdict()
-            if not verdict:
-                return self._answer(_UNSUPPORTED, "unsupported_payload")
-            body = self._body()
+            refused = await self._read_body()
+            if refused is not None:
+                return self._answer(*refused)
+            body = self.spool.achunks()
             try:
-                self.response = await self.proxy.client.send(
-                    self._request(body), stream=True, follow_redirects=False, auth=None
-                )
+                with anyio.CancelScope(deadline=self.deadlines.total) as budget:
+                    self.response = await self.proxy.client.send(
+                        self._request(body, anyio.current_time()),
+                        stream=True,
+                        follow_redirects=False,
+                        auth=None,
+                    )
             finally:
                 with anyio.CancelScope(shield=True):
                     await body.aclose()
         except Exception as exc:
             return self._answer(*self._failure(exc))
+        if budget.cancelled_caught or self.response is None:
+            self.upstream_ok = False
+            return self._answer(fault_response("upstream_timeout"), "upstream_timeout")
         return self._relay(self.response)
-
-    def on_deadline(self) -> AsyncProxyReply:
-        if self.waiting_client:
-            return self._answer(fault_response("client_timeout"), "client_timeout")
-        self.upstream_ok = False
-        return self._answer(fault_response("upstream_timeout"), "upstream_timeout")
 
     def _relay(self, response: httpx.Response) -> AsyncProxyReply:
         relayed = self._relay_start(response)

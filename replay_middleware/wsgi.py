@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import http
 import logging
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,17 @@ def body_reader(environ: Environ) -> Callable[[int], bytes]:
         return data
 
     return read
+
+
+def client_socket(environ: Environ) -> socket.socket | None:
+    """The client connection's socket when the server puts it in the environ (gunicorn,
+    werkzeug): the upload proxy then cuts a body read short at its deadline (docs/proxy.md,
+    "Slow clients"). None elsewhere (uWSGI, mod_wsgi; waitress reads bodies itself first)."""
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        sock = environ.get(key)
+        if isinstance(sock, socket.socket):
+            return sock
+    return None
 
 
 def read_body(environ: Environ, limit: int) -> bytes | None:
@@ -281,7 +293,9 @@ class ReplayWSGIMiddleware:
         request = request_info(environ)
         try:
             if track:
-                reply = self.upstream.track(request, body_reader(environ))
+                reply = self.upstream.track(
+                    request, body_reader(environ), client_socket=client_socket(environ)
+                )
             else:
                 reply = self.upstream.config(request, key)
         except Exception:

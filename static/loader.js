@@ -103,9 +103,10 @@
       const raw = location.pathname;
       let path = raw;
       // The server matches the decoded path; location has it percent-encoded. Try both so an
-      // exclusion is never dodged by encoding.
+      // exclusion is never dodged by encoding. Repeated slashes collapse, as on the server.
       try { path = decodeURIComponent(raw); } catch (e) { /* keep the raw path */ }
-      const hit = (res) => res.some((re) => re.test(raw) || re.test(path));
+      const paths = [raw, path].map((p) => p.replace(/\/{2,}/g, "/"));
+      const hit = (res) => res.some((re) => paths.some((p) => re.test(p)));
       return !hit(exclude) && (!include || hit(include));
     };
 

@@ -8,9 +8,11 @@ header expectations. Adapters run every case and check it with ``check``.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -21,6 +23,7 @@ SNIPPET_RE = re.compile(
 )
 
 HTML = ("content-type", "text/html; charset=utf-8")
+LAST_MODIFIED = ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")
 PAGE = b"<!DOCTYPE html><html><head><title>t</title>|</head><body><p>hi</p></body></html>"
 
 
@@ -31,11 +34,20 @@ class Case:
     headers: tuple[tuple[str, str], ...] = (HTML,)
     status: int = 200
     method: str = "GET"
-    path: str = "/"
+    path: str = "/"  # the request target as sent, percent-encoded (see asgi_path)
     request_headers: tuple[tuple[str, str], ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
     set_length: bool = True  # add a correct Content-Length to the app's headers
     expect_headers: dict[str, str | None] = field(default_factory=dict)  # None: absent
+    # For "injected": True, the snippet carries the visitor's ids; False, the user-agnostic
+    # form (H10); None, not checked.
+    per_user: bool | None = None
+
+    @property
+    def asgi_path(self) -> str:
+        """``scope["path"]`` as an ASGI server fills it: percent-decoded (UTF-8); WSGI's
+        ``PATH_INFO`` is decoded the same way by werkzeug's EnvironBuilder."""
+        return unquote(self.path)
 
     @property
     def source(self) -> bytes:
@@ -284,6 +296,211 @@ CASES = [
             expect_headers={"vary": None, "set-cookie": None},
         ),
     ),
+    # Item 4 of issue 8: route rules see the decoded path, every character alike, and a control
+    # character ends the path for them ($-anchored routers serve "/account/billing%0A").
+    _c(
+        "excluded-route-encoded-newline",
+        Case(
+            (PAGE,),
+            "identical",
+            path="/account/billing%0A",
+            config={"exclude": ("/account/billing",)},
+        ),
+    ),
+    _c(
+        "excluded-route-encoded-crlf-below",
+        Case(
+            (PAGE,),
+            "identical",
+            path="/account/billing/%0D%0Ax",
+            config={"exclude": ("/account/billing",)},
+        ),
+    ),
+    _c(
+        "excluded-route-encoded-nul",
+        Case(
+            (PAGE,),
+            "identical",
+            path="/account/billing%00.html",
+            config={"exclude": ("/account/billing",)},
+        ),
+    ),
+    _c(
+        "excluded-star-encoded-newline",
+        Case((PAGE,), "identical", path="/admin/%0A/x", config={"exclude": ("/admin/*",)}),
+    ),
+    _c(
+        "excluded-route-non-ascii",
+        Case(
+            (PAGE,),
+            "identical",
+            path="/caf%C3%A9/%E2%80%A8",
+            config={"exclude": ("/café/*",)},
+        ),
+    ),
+    _c(
+        "excluded-regex-encoded-newline",
+        Case(
+            (PAGE,),
+            "identical",
+            path="/secret/%0A/edit",
+            config={"exclude": (re.compile(r"^/secret/.*/edit$"),)},
+        ),
+    ),
+    _c(
+        "not-excluded-sibling-non-ascii",
+        Case(
+            (PAGE,),
+            "injected",
+            path="/account/billing%C3%A9",
+            config={"exclude": ("/account/billing",)},
+            per_user=True,
+        ),
+    ),
+    # Item 5 of issue 8 (H10): responses a shared cache may store get the user-agnostic snippet.
+    _c(
+        "cacheable-private-field-qualified",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("cache-control", 'max-age=600, private="Set-Cookie"')),
+            expect_headers={"vary": None, "set-cookie": None},
+            per_user=False,
+        ),
+    ),
+    _c(
+        "cacheable-private-qualified-list",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("cache-control", 'private="Set-Cookie, X-User", max-age=600')),
+            expect_headers={"vary": None, "set-cookie": None},
+            per_user=False,
+        ),
+    ),
+    _c(
+        "cacheable-no-cache-qualified-expires",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(
+                HTML,
+                ("cache-control", 'no-cache="Set-Cookie"'),
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+            ),
+            expect_headers={"vary": None, "set-cookie": None},
+            per_user=False,
+        ),
+    ),
+    _c(
+        "cacheable-cdn-cache-control",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("cache-control", "private"), ("cdn-cache-control", "max-age=600")),
+            expect_headers={"vary": None, "set-cookie": None},
+            per_user=False,
+        ),
+    ),
+    _c(
+        "cacheable-cloudflare-cdn-cache-control",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("Cloudflare-CDN-Cache-Control", "max-age=600")),
+            expect_headers={"vary": None, "set-cookie": None},
+            per_user=False,
+        ),
+    ),
+    _c(
+        "cacheable-heuristic-last-modified",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, LAST_MODIFIED),
+            expect_headers={"vary": None, "set-cookie": None},
+            per_user=False,
+        ),
+    ),
+    _c(
+        "cacheable-heuristic-404",
+        Case(
+            (PAGE,),
+            "injected",
+            status=404,
+            headers=(HTML, LAST_MODIFIED),
+            expect_headers={"vary": None, "set-cookie": None},
+            per_user=False,
+        ),
+    ),
+    _c(
+        "per-user-last-modified-500",
+        Case(
+            (PAGE,),
+            "injected",
+            status=500,
+            headers=(HTML, LAST_MODIFIED),
+            expect_headers={"vary": "Cookie"},
+            per_user=True,
+        ),
+    ),
+    _c(
+        "per-user-last-modified-no-cache",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("cache-control", "no-cache"), LAST_MODIFIED),
+            expect_headers={"vary": "Cookie"},
+            per_user=True,
+        ),
+    ),
+    _c(
+        "per-user-cdn-cache-control-no-store",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("cdn-cache-control", "no-store")),
+            expect_headers={"vary": "Cookie"},
+            per_user=True,
+        ),
+    ),
+    _c(
+        "per-user-invalid-cdn-cache-control-ignored",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("cache-control", "no-store"), ("cdn-cache-control", "Max-Age=600")),
+            expect_headers={"vary": "Cookie"},
+            per_user=True,
+        ),
+    ),
+    _c(
+        "per-user-past-expires",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("expires", "0"), LAST_MODIFIED),
+            expect_headers={"vary": "Cookie"},
+            per_user=True,
+        ),
+    ),
+    # Item 7 of issue 8: a sandbox that lets scripts run in an opaque origin.
+    _c(
+        "csp-sandbox-opaque-origin",
+        Case(
+            (PAGE,),
+            "identical",
+            headers=(HTML, ("content-security-policy", "sandbox allow-scripts")),
+        ),
+    ),
+    _c(
+        "csp-sandbox-opaque-report-only",
+        Case(
+            (PAGE,),
+            "injected",
+            headers=(HTML, ("content-security-policy-report-only", "sandbox allow-scripts")),
+        ),
+    ),
     _c(
         "csp-off-leaves-policy",
         Case(
@@ -327,3 +544,8 @@ def check(case: Case, status: int, headers: list[tuple[str, str]], body: bytes) 
             assert name not in lower, (name, lower.get(name))
         else:
             assert lower.get(name) == [value], (name, lower.get(name))
+    if case.per_user is not None:
+        data = json.loads(re.search(rb">(\{.*?\})</script>", m.group(0)).group(1))  # type: ignore[union-attr]
+        assert (data["ids"] is not None) is case.per_user, data
+        # H10: a cookie only where the snippet is per-visitor (a fresh visitor gets one).
+        assert ("set-cookie" in lower) is case.per_user, lower.get("set-cookie")

@@ -20,6 +20,10 @@ up to ``keep_bodies_up_to`` bytes, so a 10 MB upload costs the fake no more than
 
 Everything stops at ``close()`` (fixture teardown): hanging handlers are released and every
 open connection is shut down, then the handler threads are joined.
+
+:class:`SlowClient` is the other side of the kit: a raw-socket upload that declares a large
+body and sends it a byte at a time (a slow-loris), to point at a real server in front of the
+proxy (uvicorn, werkzeug, gunicorn).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import pytest
 
 from replay_middleware.proxy import PAYLOAD_TOO_LARGE_TEXT, Upstreams
 
-__all__ = ["FakeAmplitude", "Recorded", "Reply", "fake_amplitude"]
+__all__ = ["FakeAmplitude", "Recorded", "Reply", "SlowClient", "fake_amplitude"]
 
 _JSON = (("Content-Type", "application/json"),)
 _READ = 64 * 1024
@@ -489,3 +493,65 @@ def fake_amplitude() -> Iterator[FakeAmplitude]:
     """A running :class:`FakeAmplitude`, stopped at teardown."""
     with FakeAmplitude() as fake:
         yield fake
+
+
+class SlowClient:
+    """A slow-loris upload on a raw socket: the request head (a valid key, a large
+    ``Content-Length``), then ``{`` (so the body passes the proxy's sniff), then one byte every
+    ``interval`` seconds from a thread, at most ``max_bytes`` of them (bounded), until the
+    server answers or closes. ``status()`` waits for the answer's status line."""
+
+    def __init__(
+        self,
+        port: int,
+        target: str,
+        headers: dict[str, str],
+        *,
+        declared: int = 100_000,
+        interval: float = 0.1,
+        max_bytes: int = 200,
+    ) -> None:
+        lines = [f"POST {target} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {declared}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + b"{")
+        self.sent = 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drip, args=(interval, max_bytes), daemon=True)
+        self._thread.start()
+
+    def _drip(self, interval: float, max_bytes: int) -> None:
+        for _ in range(max_bytes):
+            if self._stop.wait(interval):
+                return
+            try:
+                self.sock.sendall(b" ")
+            except OSError:
+                return
+            self.sent += 1
+
+    def status(self) -> int | None:
+        """The status of the server's answer (None: closed without one)."""
+        data = b""
+        while b"\r\n" not in data:
+            try:
+                chunk = self.sock.recv(4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        self._stop.set()
+        line = data.split(b"\r\n", 1)[0].split()
+        return int(line[1]) if len(line) >= 2 and line[1].isdigit() else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def __enter__(self) -> SlowClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

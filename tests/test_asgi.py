@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from replay_middleware import ReplayConfig, ReplayMiddleware, current_replay, get_replay_properties
+from replay_middleware import (
+    ReplayConfig,
+    ReplayMiddleware,
+    current_replay,
+    get_replay_properties,
+    local_store,
+)
 from replay_middleware.asgi import Message, Receive, Scope, Send
 
 from .cases import CASES, Case, check
@@ -344,7 +352,10 @@ async def test_session_endpoint_returns_ids_and_sets_cookie() -> None:
 
 
 async def test_local_mode_config_and_track_endpoints(tmp_path: Path) -> None:
-    config = ReplayConfig(sample_rate=1, max_upload_bytes=1000, local_store_dir=str(tmp_path))
+    token = "asgi-inspector-token-0123456789"
+    config = ReplayConfig(
+        sample_rate=1, max_upload_bytes=1000, local_store_dir=str(tmp_path), inspector_token=token
+    )
     mw = ReplayMiddleware(responder(), config=config)
     events = [json.dumps({"type": 4, "timestamp": 1735689600000, "data": {"href": "http://t/"}})]
     async with httpx.AsyncClient(
@@ -364,7 +375,11 @@ async def test_local_mode_config_and_track_endpoints(tmp_path: Path) -> None:
         assert "cache-control" not in ok.headers
         big = await client.post("/_replay/track", content=b"x" * 2000)
         assert big.status_code == 413 and re.search(r"payload.*exceed", big.text, re.I)
-        listing = await client.get("/_replay/inspect")
+        assert (await client.get("/_replay/inspect")).status_code == 404  # no token yet
+        sign_in = await client.get(f"/_replay/inspect?token={token}")
+        assert sign_in.status_code == 303 and sign_in.headers["location"] == "/_replay/inspect"
+        assert "SameSite=Strict" in sign_in.headers["set-cookie"]
+        listing = await client.get("/_replay/inspect")  # the cookie, from now on
         assert listing.status_code == 200 and b"1735689600000" in listing.content
     assert mw.engine.store is not None
     [upload] = mw.engine.store.uploads("d", "1735689600000")
@@ -404,7 +419,7 @@ async def test_injection_cases(case: Case) -> None:
     messages += [body(c, more=True) for c in chunks[:-1]] + [body(chunks[-1])]
     request_headers = [(k.encode(), v.encode()) for k, v in case.request_headers]
     sent = await run(
-        responder(*messages), scope(case.path, case.method, request_headers), config=config
+        responder(*messages), scope(case.asgi_path, case.method, request_headers), config=config
     )
     headers = [(k.decode(), v.decode()) for k, v in sent[0]["headers"]]
     out = whole_body(sent)
@@ -607,3 +622,55 @@ async def test_full_snapshot_is_sent_eagerly_unless_the_user_says_otherwise(
     options = snippet_data(page.content)["options"]
     assert options["eagerFullSnapshotSend"] is eager
     assert {k: options[k] for k in sdk_options} == sdk_options
+
+
+# -- local mode: hostile uploads and who may upload (issue 8) ------------------------------------
+
+TRACK = "/_replay/track?device_id=d&session_id=1735689600000&type=replay"
+# Issue 8's shape: a little gzip inflating to a million tiny events (3 MB; the real one, 50 MB).
+BOMB = gzip.compress(b'{"version":1,"events":[' + b"{}," * 1_000_000 + b"{}]}")
+
+
+async def test_local_track_answers_a_decompression_bomb_413_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[int] = []
+    decode = local_store.decode_payload
+
+    def recording_decode(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(local_store, "decode_payload", recording_decode)
+    mw = ReplayMiddleware(responder(), config=ReplayConfig(local_store_dir=str(tmp_path)))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://127.0.0.1"
+    ) as client:
+        r = await client.post(TRACK, content=BOMB, headers={"content-encoding": "gzip"})
+    # The SDK splits a batch answered 413 with this wording (PROTOCOL §2); never a 500.
+    assert r.status_code == 413 and re.search(r"payload.*exceed", r.text, re.I)
+    assert mw.engine.store is not None and mw.engine.store.sessions() == []
+    assert threads and threading.get_ident() not in threads  # decoded in a worker thread
+    await mw.aclose()
+
+
+@pytest.mark.parametrize(
+    ("client", "base_url"),
+    [
+        pytest.param(("10.0.0.5", 50000), "http://127.0.0.1", id="remote-client"),
+        pytest.param(("127.0.0.1", 50000), "http://shop.test", id="loopback-foreign-host"),
+    ],
+)
+async def test_local_track_and_config_answer_only_the_inspectors_clients(
+    tmp_path: Path, client: tuple[str, int], base_url: str
+) -> None:
+    mw = ReplayMiddleware(responder(), config=ReplayConfig(local_store_dir=str(tmp_path)))
+    upload = json.dumps({"version": 1, "events": []}).encode()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw, client=client), base_url=base_url
+    ) as http:
+        track = await http.post(TRACK, content=upload)
+        config = await http.get("/_replay/config/local?config_group=browser")
+    assert (track.status_code, config.status_code) == (404, 404)
+    assert mw.engine.store is not None and mw.engine.store.sessions() == []
+    await mw.aclose()

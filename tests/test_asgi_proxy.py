@@ -207,3 +207,136 @@ async def test_proxy_bug_before_the_response_answers_503(
         )
     assert r.status_code == 503
     await mw.aclose()
+
+
+# --- slow clients (notes/proxy.md cases 43-45) ------------------------------------------------
+
+TRACK = "/_replay/track?device_id=dev-1&session_id=1735689600000&type=replay"
+UPLOAD = b'{"version":1,"events":["{\\"type\\":4,\\"timestamp\\":1}"]}'
+AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+
+async def admitted(mw: ReplayMiddleware) -> None:
+    """Wait (5 s at most) until the proxy holds an upload in flight."""
+    import anyio
+
+    assert mw.upstream is not None
+    with anyio.fail_after(5):
+        while not mw.upstream.client_slots.in_flight():
+            await anyio.sleep(0.01)
+
+
+async def test_a_trickling_upload_holds_no_upstream_connection(
+    fake_amplitude: FakeAmplitude,
+) -> None:
+    import anyio
+
+    async def trickle() -> Any:
+        yield b"{"
+        for _ in range(30):  # bounded: 3 s at most
+            await anyio.sleep(0.1)
+            yield b" "
+
+    # One upstream connection in all: before, the trickling upload took it as soon as its
+    # first byte passed the sniff, and the honest one got "503 pool_exhausted".
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as one:
+        mw = middleware(fake_amplitude, client_body_timeout=3.0, http_client=one)
+        slow: list[httpx.Response] = []
+        async with client(mw) as c, anyio.create_task_group() as tg:
+
+            async def slow_upload() -> None:
+                headers = {**AUTH, "content-length": "100000"}
+                slow.append(await c.post(TRACK, content=trickle(), headers=headers))
+
+            tg.start_soon(slow_upload)
+            await admitted(mw)  # the slow body is trickling
+            honest = await c.post(TRACK, content=UPLOAD, headers=AUTH)
+            meanwhile = len(fake_amplitude.requests)
+        await mw.aclose()
+    assert honest.status_code == 200 and meanwhile == 1
+    assert slow[0].status_code == 408 and slow[0].json() == {"error": "client_timeout"}
+    assert len(fake_amplitude.requests) == 1  # the slow body never went up
+
+
+async def test_a_client_over_its_cap_gets_429(fake_amplitude: FakeAmplitude) -> None:
+    import anyio
+
+    release = anyio.Event()
+
+    async def held() -> Any:
+        yield b"{"
+        with anyio.fail_after(5):
+            await release.wait()
+        yield b"}"
+
+    mw = middleware(fake_amplitude, max_uploads_per_client=1)
+    async with client(mw) as c, anyio.create_task_group() as tg:
+        first: list[httpx.Response] = []
+
+        async def held_upload() -> None:
+            headers = {**AUTH, "content-length": "2"}
+            first.append(await c.post(TRACK, content=held(), headers=headers))
+
+        tg.start_soon(held_upload)
+        await admitted(mw)
+        over = await c.post(TRACK, content=UPLOAD, headers=AUTH)
+        release.set()
+    async with client(mw) as c:
+        after = await c.post(TRACK, content=UPLOAD, headers=AUTH)
+    await mw.aclose()
+    assert over.status_code == 429 and over.headers["retry-after"] == "1"
+    assert "set-cookie" not in over.headers
+    assert (first[0].status_code, after.status_code) == (200, 200)
+
+
+def test_a_slow_loris_under_uvicorn_gets_408_and_never_reaches_amplitude(
+    fake_amplitude: FakeAmplitude,
+) -> None:  # a real server: its receive(), its http.disconnect
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from .fake_amplitude import SlowClient
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            return await page_app(scope, receive, send)
+        while True:  # until lifespan.shutdown, where the middleware closes its client
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    config = ReplayConfig(
+        api_key=KEY, secret_key="s" * 32, sample_rate=1.0, client_body_timeout=3.0
+    )
+    mw = ReplayMiddleware(app, config=config, upstreams=fake_amplitude.upstreams())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(mw, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        with SlowClient(port, TRACK, {"Authorization": f"Bearer {KEY}"}) as slow:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as c:
+                honest = c.post(TRACK, content=UPLOAD, headers=AUTH)
+            meanwhile = [r.route for r in fake_amplitude.requests]
+            status = slow.status()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert honest.status_code == 200 and meanwhile.count("track") == 1
+    assert status == 408
+    assert len(fake_amplitude.requests_for("track")) == 1

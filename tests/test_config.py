@@ -52,7 +52,24 @@ def test_server_zone_is_normalised() -> None:
             {"forward_client_ip": "yes"}, "forward_client_ip must be one of", id="client-ip"
         ),
         pytest.param(
+            {"client_body_timeout": 0}, "client_body_timeout must be seconds", id="body-timeout"
+        ),
+        pytest.param({"max_uploads_per_client": -1}, "0 for no cap", id="per-client-negative"),
+        pytest.param({"max_uploads_per_client": True}, "0 for no cap", id="per-client-bool"),
+        pytest.param(
+            {"upload_memory_bytes": 0}, "upload_memory_bytes must be a positive", id="memory"
+        ),
+        pytest.param(
             {"public_origin": "https://x.example/path"}, "public_origin", id="origin-path"
+        ),
+        pytest.param({"inspector_token": ""}, "inspector_token must be 16-256", id="token-empty"),
+        pytest.param(
+            {"inspector_token": "short-token"}, "inspector_token must be 16-256", id="token-short"
+        ),
+        pytest.param(
+            {"inspector_token": "has spaces and = 0123456789"},
+            "URL-safe characters",
+            id="token-unsafe",
         ),
     ],
 )
@@ -83,6 +100,26 @@ def test_from_env_coerces_types() -> None:
     assert config.privacy["defaultMaskLevel"] == "conservative"
     assert config.session_timeout == 600
     assert not config.local_mode
+
+
+def test_inspector_token_from_env() -> None:
+    token = "a-token-from-the-env-0123456789_~."
+
+    assert ReplayConfig.from_env({"REPLAY_INSPECTOR_TOKEN": token}).inspector_token == token
+    # Empty, as a shell leaves an unset variable in a template: the default (derived/random).
+    assert ReplayConfig.from_env({"REPLAY_INSPECTOR_TOKEN": " "}).inspector_token is None
+
+
+def test_slow_client_options_from_env() -> None:
+    config = ReplayConfig.from_env(
+        {
+            "REPLAY_CLIENT_BODY_TIMEOUT": "2.5",
+            "REPLAY_MAX_UPLOADS_PER_CLIENT": "0",
+            "REPLAY_UPLOAD_MEMORY_BYTES": "262144",
+        }
+    )
+    assert (config.client_body_timeout, config.max_uploads_per_client) == (2.5, 0)
+    assert config.upload_memory_bytes == 262144
 
 
 def test_from_env_rejects_unknown_variables() -> None:

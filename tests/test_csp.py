@@ -21,6 +21,7 @@ from replay_middleware.csp import (
     REASON_CONNECT_NONE,
     REASON_META_AMBIGUOUS,
     REASON_SANDBOX,
+    REASON_SANDBOX_OPAQUE,
     REASON_SCRIPT_BLOCKED,
     REASON_SCRIPT_NONE,
     SELF,
@@ -550,6 +551,31 @@ INFEASIBLE_CASES = [
     pytest.param("sandbox allow-forms allow-same-origin", REASON_SANDBOX, id="F1-no-allow-scripts"),
     pytest.param("default-src 'self'; Sandbox", REASON_SANDBOX, id="F1-sandbox-name-case"),
     pytest.param("sandbox; script-src 'none'", REASON_SANDBOX, id="F1-before-F2"),
+    pytest.param("sandbox allow-scripts", REASON_SANDBOX_OPAQUE, id="F1-opaque-origin"),
+    pytest.param("SANDBOX ALLOW-SCRIPTS", REASON_SANDBOX_OPAQUE, id="F1-opaque-origin-case"),
+    pytest.param(
+        "sandbox allow-scripts allow-forms allow-popups; script-src 'self'",
+        REASON_SANDBOX_OPAQUE,
+        id="F1-opaque-origin-with-other-flags",
+    ),
+    pytest.param(
+        "sandbox allow-scripts; script-src 'none'", REASON_SANDBOX_OPAQUE, id="F1-opaque-before-F2"
+    ),
+    pytest.param(
+        "default-src 'self', sandbox allow-scripts",
+        REASON_SANDBOX_OPAQUE,
+        id="F1-opaque-comma-joined",
+    ),
+    pytest.param(
+        "sandbox allow-scripts, sandbox allow-same-origin allow-scripts allow-forms",
+        REASON_SANDBOX_OPAQUE,
+        id="F1-opaque-one-policy-is-enough",
+    ),
+    pytest.param(
+        "sandbox allow-scripts, sandbox allow-same-origin",
+        REASON_SANDBOX,
+        id="F1-no-scripts-wins-over-opaque",
+    ),
     pytest.param("script-src 'none'", REASON_SCRIPT_NONE, id="F2-script-src-none"),
     pytest.param("script-src", REASON_SCRIPT_NONE, id="F2-script-src-empty"),
     pytest.param(
@@ -579,11 +605,11 @@ def test_infeasible(value: str, reason: str) -> None:
 
 
 FEASIBLE_EDGE_CASES = [
-    pytest.param("sandbox allow-scripts", None, id="F1-allow-scripts"),
-    pytest.param("SANDBOX ALLOW-SCRIPTS", None, id="F1-allow-scripts-case"),
+    pytest.param("sandbox allow-scripts allow-same-origin", None, id="F1-allow-scripts"),
+    pytest.param("SANDBOX ALLOW-SAME-ORIGIN ALLOW-SCRIPTS", None, id="F1-allow-scripts-case"),
     pytest.param(
-        "sandbox allow-scripts; script-src 'self'",
-        f"sandbox allow-scripts; script-src 'self' {NT}; worker-src 'self' blob:",
+        "sandbox allow-scripts allow-same-origin; script-src 'self'",
+        f"sandbox allow-scripts allow-same-origin; script-src 'self' {NT}; worker-src 'self' blob:",
         id="F1-allow-scripts-merged",
     ),
     pytest.param(
@@ -625,6 +651,29 @@ def test_G5_one_infeasible_field_blocks_every_edit() -> None:
     result = merge_response_csp(headers, FIRST_PARTY, N)
     assert (result.feasible, result.reason, result.changed) == (False, REASON_SANDBOX, False)
     assert result.headers is headers
+
+
+@pytest.mark.parametrize(
+    "order", [pytest.param((0, 1), id="opaque-first"), pytest.param((1, 0), id="opaque-second")]
+)
+def test_F1_a_policy_blocking_scripts_is_reported_whatever_the_field_order(
+    order: tuple[int, int],
+) -> None:
+    fields = [(CSP, "sandbox allow-scripts"), (CSP, "script-src 'self'; sandbox allow-forms")]
+    headers = tuple(fields[i] for i in order)
+    result = merge_response_csp(headers, FIRST_PARTY, N)
+    assert (result.feasible, result.reason, result.changed) == (False, REASON_SANDBOX, False)
+
+
+def test_F1_opaque_sandbox_in_report_only_does_not_block() -> None:
+    headers = [(CSP, "script-src 'self'"), (CSPRO, "sandbox allow-scripts; script-src 'self'")]
+    result = merge_response_csp(headers, FIRST_PARTY, N)
+    assert (result.feasible, result.reason) == (True, None)
+
+
+def test_F1_opaque_sandbox_is_not_lifted_by_override_explicit_none() -> None:
+    needs = dataclasses.replace(FIRST_PARTY, override_explicit_none=True)
+    assert merge_one("sandbox allow-scripts", needs).reason == REASON_SANDBOX_OPAQUE
 
 
 def test_R1_report_only_never_decides_feasibility() -> None:
@@ -1733,6 +1782,12 @@ META_CASES = [
         id="M-sandbox-ignored-in-meta",
     ),
     pytest.param(
+        "sandbox allow-scripts; script-src 'self'",
+        f"sandbox allow-scripts; script-src 'self' {NT}; worker-src 'self' blob:",
+        True,
+        id="M-opaque-sandbox-ignored-in-meta",
+    ),
+    pytest.param(
         f"script-src {NT}; worker-src blob:",
         None,
         True,
@@ -2038,6 +2093,7 @@ CSP_ALPHABET = st.sampled_from(
         "child-src",
         "sandbox",
         "allow-scripts",
+        "allow-same-origin",
         "require-trusted-types-for",
         "'script'",
         NONE,

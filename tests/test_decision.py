@@ -130,6 +130,21 @@ def test_d1_order(
     assert run(config, path=path, headers=headers).reason == reason
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/account/billing\n", id="encoded-newline"),  # /account/billing%0A
+        pytest.param("/account/billing/\r\nx", id="encoded-crlf-below"),  # .../%0D%0Ax
+        pytest.param("/account/billing\r\n", id="encoded-crlf"),
+        pytest.param("/account/billing\x00.html", id="encoded-nul"),
+        pytest.param("/account/billing/\u2028", id="line-separator"),
+    ],
+)
+def test_restricted_route_with_control_characters_is_excluded(path: str) -> None:
+    ctx = run(ReplayConfig(sample_rate=1, exclude=("/account/billing",)), path=path)
+    assert (ctx.sampled, ctx.reason, ctx.properties()) == (False, "excluded_route", {})
+
+
 def test_remote_capture_disabled_beats_forced() -> None:
     ctx = run(ReplayConfig(sample_rate=1, force_sample=lambda r: True), capture_enabled=False)
     assert (ctx.sampled, ctx.reason) == (False, "capture_disabled")

@@ -10,11 +10,13 @@ Python >= 3.12 and is not covered here (the venv is 3.11); django-csp 4 is.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import hmac
 import json
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,9 @@ from django.http import (  # noqa: E402
 )
 from django.template import engines  # noqa: E402
 from django.test import AsyncClient, Client, RequestFactory, override_settings  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
-from replay_middleware import current_replay  # noqa: E402
+from replay_middleware import current_replay, get_replay_properties, local_store  # noqa: E402
 from replay_middleware.decision import MARKER_HEADER  # noqa: E402
 from replay_middleware.django import (  # noqa: E402
     ReplayMiddleware,
@@ -147,6 +149,29 @@ def file_page(request: HttpRequest) -> FileResponse:
     return FileResponse(iter([PAGE]), content_type="text/html")
 
 
+def account_area(request: HttpRequest) -> HttpResponse:
+    """Any path under /account/ (control characters too), with its replay properties (R1)."""
+    response = HttpResponse(PAGE)
+    response["X-Replay-Properties"] = json.dumps(get_replay_properties())
+    return response
+
+
+#: Issue 8: response headers that make a page cacheable by a shared cache, or sandboxed.
+PAGE_HEADERS = {
+    "private-qualified": {"Cache-Control": 'max-age=600, private="Set-Cookie"'},
+    "cdn": {"Cache-Control": "private", "CDN-Cache-Control": "max-age=600"},
+    "last-modified": {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"},
+    "sandbox-opaque": {"Content-Security-Policy": "sandbox allow-scripts"},
+}
+
+
+def page_with_headers(request: HttpRequest, kind: str) -> HttpResponse:
+    response = HttpResponse(PAGE)
+    for name, value in PAGE_HEADERS[kind].items():
+        response[name] = value
+    return response
+
+
 urlpatterns = [
     path("", home),
     path("async", async_home),
@@ -161,6 +186,8 @@ urlpatterns = [
     path("csp-unused", home),
     path("csp-own", csp_own_header),
     path("file", file_page),
+    re_path(r"^account/(?s:.*)\Z", account_area),
+    path("headers/<str:kind>", page_with_headers),
 ]
 
 # -- harness ---------------------------------------------------------------------------------
@@ -308,6 +335,42 @@ def test_untouched_responses(driver: Driver, url: str) -> None:
     assert {k: v for k, v in response.items() if k.lower() not in dropped} == dict(expected.items())
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("/account/%0Ax", id="newline"),
+        pytest.param("/account/%0D%0A", id="crlf"),
+        pytest.param("/account/x%00.html", id="nul"),
+        pytest.param("/account/caf%C3%A9/%E2%80%A8", id="non-ascii-line-separator"),
+    ],
+)
+def test_restricted_area_with_encoded_control_characters_gets_nothing(
+    driver: Driver, url: str
+) -> None:  # issue 8, item 4: the rule "/account/*" covers them all
+    response = driver.get(url)
+    assert response.status_code == 200
+    assert driver.body(response) == PAGE
+    assert MARKER_HEADER not in response and "replay_id" not in response.cookies
+    assert json.loads(response["X-Replay-Properties"]) == {}
+
+
+@pytest.mark.parametrize("kind", ["private-qualified", "cdn", "last-modified"])
+def test_shared_cacheable_pages_get_the_user_agnostic_snippet(driver: Driver, kind: str) -> None:
+    response = driver.get(f"/headers/{kind}")  # issue 8, item 5 (H10)
+    body = driver.body(response)
+    block = re.search(rb'id="replay-middleware-config">(\{.*?\})</script>', body)
+    assert block is not None and json.loads(block.group(1))["ids"] is None
+    assert "replay_id" not in response.cookies
+    assert "Cookie" not in response.get("Vary", "")
+
+
+def test_opaque_origin_sandbox_is_not_injected(driver: Driver) -> None:
+    response = driver.get("/headers/sandbox-opaque")  # issue 8, item 7
+    assert driver.body(response) == PAGE
+    assert MARKER_HEADER not in response and "replay_id" not in response.cookies
+    assert response["x-replay-decision"] == "csp_sandbox_opaque"  # O2: on in local mode
+
+
 def test_head_request_untouched(driver: Driver) -> None:
     response = driver.request("head", "/")
     assert MARKER_HEADER not in response and DATA_BLOCK not in response.content
@@ -442,19 +505,30 @@ def test_track_accepts_a_body_over_django_upload_limit(
     driver: Driver, replay_settings: Callable[..., Any]
 ) -> None:
     # (the inspector answers loopback Hosts only, unless the client is allow-listed)
-    replay_settings(max_upload_bytes=4096, inspector_allow=["127.0.0.1"])
+    token = "django-inspector-token-0123456789"
+    replay_settings(max_upload_bytes=4096, inspector_allow=["127.0.0.1"], inspector_token=token)
     response = driver.post(TRACK, data=_upload(3000), content_type="application/json")
     assert response.status_code == 200, response.content
     assert response["Content-Length"] == str(len(response.content))
     assert not response.has_header("Cache-Control")  # docs/page-exit.md: no net::ERR_ABORTED
-    listing = driver.get("/_replay/inspect")
+    assert driver.get("/_replay/inspect").status_code == 404  # no token yet
+    sign_in = driver.get(f"/_replay/inspect?token={token}")
+    assert sign_in.status_code == 303 and sign_in["Location"] == "/_replay/inspect"
+    [morsel] = [m for name, m in sign_in.cookies.items() if name.startswith("replay_inspect_")]
+    assert (morsel.value, morsel["path"], morsel["httponly"], morsel["samesite"]) == (
+        token,
+        "/_replay/inspect",
+        True,
+        "Strict",
+    )
+    listing = driver.get("/_replay/inspect")  # the test client sends the cookie back
     assert listing.status_code == 200 and b"1735689600000" in listing.content
 
 
 def test_track_over_our_cap_is_413_with_the_sdk_wording(
     driver: Driver, replay_settings: Callable[..., Any]
 ) -> None:
-    replay_settings(max_upload_bytes=4096)
+    replay_settings(max_upload_bytes=4096, inspector_allow=["127.0.0.1"])
     response = driver.post(TRACK, data=_upload(5000), content_type="application/json")
     assert response.status_code == 413
     assert re.search(rb"payload.*exceed", response.content, re.I)
@@ -574,6 +648,39 @@ def test_proxy_over_our_cap_is_413(driver: Driver, amplitude: list[httpx.Request
     assert amplitude == []
 
 
+def test_proxy_frees_the_client_slot_after_every_failure(
+    driver: Driver, replay_settings: Callable[..., Any]
+) -> None:  # notes/proxy.md case 45: a leaked slot would turn the last upload into a 429
+    answers = iter([500, 200])
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(next(answers, 200), json={"code": 200})
+
+    replay_settings(
+        api_key=KEY,
+        max_uploads_per_client=1,
+        upload_memory_bytes=1024,
+        http_client=httpx.MockTransport(handle),
+    )
+    url = "/_replay/track?device_id=d&session_id=1&type=replay"
+    auth = {"authorization": f"Bearer {KEY}"}
+    codes = []
+    for body, content_type in (
+        (b"<html>", "text/html"),  # 415
+        (_upload(3000), "application/json"),  # upstream 500
+        (_upload(3000), "application/json"),  # 200, not 429
+    ):
+        response = driver.post(url, data=body, content_type=content_type, headers=auth)
+        driver.body(response)  # a streamed reply releases its slots when closed, as servers do
+        codes.append(response.status_code)
+    assert codes == [415, 500, 200]
+    # Over upload_memory_bytes: spilled to a temporary file, sent with its length.
+    assert seen[-1].content == _upload(3000)
+    assert seen[-1].headers["content-length"] == "3000"
+
+
 def test_proxy_answers_the_config_endpoint(driver: Driver, amplitude: list[httpx.Request]) -> None:
     response = driver.get(f"/_replay/config/{KEY}?config_group=browser")
     assert response.status_code == 200
@@ -652,3 +759,58 @@ def test_secret_key_is_derived_from_django_secret_key() -> None:
     # The derivation Django deployments have used so far: their cookies stay valid.
     legacy = hmac.new(secret.encode(), b"replay_middleware.identity-cookie", hashlib.sha256)
     assert derived == legacy.hexdigest()
+
+
+# -- local mode: hostile uploads and who may upload (issue 8) ------------------------------------
+
+# Issue 8's shape: a little gzip inflating to a million tiny events (3 MB; the real one, 50 MB).
+BOMB = gzip.compress(b'{"version":1,"events":[' + b"{}," * 1_000_000 + b"{}]}")
+
+
+def test_local_track_answers_a_decompression_bomb_413(
+    driver: Driver,
+    replay_settings: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[int] = []
+    decode = local_store.decode_payload
+
+    def recording_decode(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(local_store, "decode_payload", recording_decode)
+    replay_settings(inspector_allow=["127.0.0.1"])  # the test client's Host is "testserver"
+
+    response = driver.post(
+        TRACK, data=BOMB, content_type="application/json", HTTP_CONTENT_ENCODING="gzip"
+    )
+
+    # The SDK splits a batch answered 413 with this wording (PROTOCOL §2); never a 500.
+    assert response.status_code == 413
+    assert re.search(rb"payload.*exceed", response.content, re.I)
+    with local_store.LocalStore(tmp_path / "store") as store:
+        assert store.sessions() == []
+    if driver.mode == "async":  # decoded off the event loop (the test's main thread)
+        assert threads and threading.main_thread().ident not in threads
+
+
+@pytest.mark.parametrize(
+    ("remote_addr", "host"),
+    [
+        pytest.param("10.0.0.5", "127.0.0.1", id="remote-client"),
+        pytest.param("127.0.0.1", "testserver", id="loopback-foreign-host"),
+    ],
+)
+def test_local_track_and_config_answer_only_the_inspectors_clients(
+    driver: Driver, tmp_path: Path, remote_addr: str, host: str
+) -> None:
+    where = {"REMOTE_ADDR": remote_addr, "HTTP_HOST": host}
+
+    track = driver.post(TRACK, data=_upload(100), content_type="application/json", **where)
+    config = driver.get(f"/_replay/config/{KEY}?config_group=browser", **where)
+
+    assert (track.status_code, config.status_code) == (404, 404)
+    with local_store.LocalStore(tmp_path / "store") as store:
+        assert store.sessions() == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import gzip
+import json
 import logging
 import re
 import weakref
@@ -15,7 +17,7 @@ from flask import Flask, Response, jsonify, render_template_string, request
 from flask_talisman import Talisman  # type: ignore[import-untyped]
 
 from examples.flask_app.app import create_app as create_example
-from replay_middleware import ReplayConfig, current_replay
+from replay_middleware import ReplayConfig, current_replay, get_replay_properties
 from replay_middleware.flask import SessionReplay
 from replay_middleware.identity import derive_secret_key
 
@@ -131,6 +133,73 @@ def test_restricted_route_is_untouched(make_app: AppFactory) -> None:
     assert response.headers == plain.headers
 
 
+@pytest.mark.parametrize(
+    ("target", "routed"),
+    [
+        pytest.param("/account/%0Ax", True, id="newline"),
+        pytest.param("/account/%0D%0A/x", False, id="crlf-404"),
+        pytest.param("/account/billing%0A", False, id="trailing-newline-404"),
+        pytest.param("/account/caf%C3%A9%E2%80%A8", True, id="non-ascii-line-separator"),
+    ],
+)
+def test_restricted_area_with_encoded_control_characters_gets_nothing(
+    make_app: AppFactory, target: str, routed: bool
+) -> None:  # issue 8, item 4: REPLAY_EXCLUDE ["/account/*"] covers them all
+    app = make_app(REPLAY_SAMPLE_RATE=1)
+    seen: list[dict[str, str]] = []
+
+    @app.get("/account/<path:rest>")
+    def area(rest: str) -> str:
+        seen.append(get_replay_properties())
+        return PAGE.format(head="")
+
+    client = app.test_client()
+    assert DATA_BLOCK in client.get("/nowhere").get_data(as_text=True)  # a 404 page is injected
+    response = client.get(target)
+    assert DATA_BLOCK not in response.get_data(as_text=True)
+    assert "Set-Cookie" not in response.headers
+    assert seen == ([{}] if routed else [])  # werkzeug answers "/account/billing\n" 404
+
+
+@pytest.mark.parametrize(
+    ("headers", "per_user"),
+    [
+        pytest.param({"Cache-Control": 'max-age=600, private="Set-Cookie"'}, False, id="qualified"),
+        pytest.param({"Cloudflare-CDN-Cache-Control": "max-age=600"}, False, id="cdn"),
+        pytest.param({"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}, False, id="heuristic"),
+        pytest.param({"Cache-Control": "no-cache"}, True, id="per-user"),
+    ],
+)
+def test_shared_cacheable_pages_get_the_user_agnostic_snippet(
+    make_app: AppFactory, headers: dict[str, str], per_user: bool
+) -> None:  # issue 8, item 5 (H10)
+    app = make_app(REPLAY_SAMPLE_RATE=1)
+
+    @app.get("/cached")
+    def cached() -> Response:
+        return Response(PAGE.format(head=""), mimetype="text/html", headers=headers)
+
+    response = app.test_client().get("/cached")
+    block = re.search(r'id="replay-middleware-config">(\{.*?\})</script>', response.text)
+    assert block is not None and (json.loads(block.group(1))["ids"] is not None) is per_user
+    assert ("Set-Cookie" in response.headers) is per_user
+    assert ("Cookie" in response.headers.get("Vary", "")) is per_user
+
+
+def test_opaque_origin_sandbox_is_not_injected(make_app: AppFactory) -> None:
+    app = make_app(REPLAY_SAMPLE_RATE=1)  # issue 8, item 7
+
+    @app.get("/sandboxed")
+    def sandboxed() -> Response:
+        csp = {"Content-Security-Policy": "sandbox allow-scripts"}
+        return Response(PAGE.format(head=""), mimetype="text/html", headers=csp)
+
+    response = app.test_client().get("/sandboxed")
+    assert response.text == PAGE.format(head="")
+    assert response.headers["X-Replay-Decision"] == "csp_sandbox_opaque"
+    assert "Set-Cookie" not in response.headers
+
+
 def test_json_route_is_untouched(make_app: AppFactory) -> None:
     config = {"REPLAY_SAMPLE_RATE": 1, "REPLAY_DEBUG_HEADER": False}
     plain = make_app(extension=False, **config).test_client().get("/api")
@@ -211,6 +280,43 @@ def test_short_secret_key_signs_cookies_another_process_accepts(make_app: AppFac
     other.set_cookie("replay_id", cookie.value)
     foreign = other.get("/whoami").json
     assert foreign is not None and foreign["device"] != device  # a foreign cookie: new ids
+
+
+def _inspector_sign_in(app: Flask, token: str) -> Any:
+    """``?token=`` on the inspector from a loopback client; the client keeps the cookie."""
+    client = app.test_client()
+    response = client.get(
+        f"/_replay/inspect?token={token}",
+        base_url="http://127.0.0.1",
+        environ_overrides={"REMOTE_ADDR": "127.0.0.1"},
+    )
+    return client, response
+
+
+def test_inspector_token_from_app_config(make_app: AppFactory) -> None:
+    token = "flask-inspector-token-0123456789"
+    app = make_app(REPLAY_INSPECTOR_TOKEN=token)
+    client, sign_in = _inspector_sign_in(app, token)
+    assert sign_in.status_code == 303
+    listing = client.get(
+        "/_replay/inspect",
+        base_url="http://127.0.0.1",
+        environ_overrides={"REMOTE_ADDR": "127.0.0.1"},
+    )
+    assert listing.status_code == 200
+    _, wrong = _inspector_sign_in(app, token[::-1])
+    assert wrong.status_code == 404
+
+
+def test_inspector_token_is_the_same_in_every_worker_sharing_secret_key(
+    make_app: AppFactory,
+) -> None:
+    # gunicorn -w 4: each worker builds its own app; the cookie one sets works in the others.
+    first, second = make_app(SECRET_KEY="dev"), make_app(SECRET_KEY="dev")
+    token = first.extensions["replay_middleware"].middleware_for(first).engine.inspector.token
+    other = second.extensions["replay_middleware"].middleware_for(second).engine.inspector
+    assert other.token == token
+    assert _inspector_sign_in(second, token)[1].status_code == 303
 
 
 def _replay_records(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -416,3 +522,90 @@ def test_example_app_pages(tmp_path: Path) -> None:
         }
     finally:
         app.extensions["replay_middleware"].middleware_for(app).close()
+
+
+def test_upload_proxy_under_werkzeug_keeps_slow_clients_away_from_amplitude() -> None:
+    """Proxy mode, the app served by werkzeug's threaded server: a slow-loris upload takes the
+    client's only slot (a second upload from it gets 429), never reaches Amplitude, and gets
+    408 at the body deadline; its slot is then free again (notes/proxy.md cases 43, 45)."""
+    import threading
+    import time
+
+    import httpx
+    from werkzeug.serving import make_server
+
+    from .fake_amplitude import FakeAmplitude, SlowClient
+
+    key = "0123456789abcdef0123456789abcdef"
+    target = "/_replay/track?device_id=dev-1&session_id=1735689600000&type=replay"
+    body = b'{"version":1,"events":[]}'
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    app = Flask(__name__)
+    app.config.update(
+        REPLAY_API_KEY=key,
+        REPLAY_SECRET_KEY="s" * 32,
+        REPLAY_CLIENT_BODY_TIMEOUT=3.0,  # roomy: the 429 must come while the slow one waits
+        REPLAY_MAX_UPLOADS_PER_CLIENT=1,
+    )
+    with FakeAmplitude() as fake:
+        replay = SessionReplay(app, upstreams=fake.upstreams())
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            with (
+                httpx.Client(base_url=f"http://127.0.0.1:{server.port}", trust_env=False) as c,
+                SlowClient(server.port, target, {"Authorization": f"Bearer {key}"}) as slow,
+            ):
+                slots = replay.middleware_for(app).upstream.client_slots  # type: ignore[union-attr]
+                for _ in range(250):  # bounded: 5 s for the server to admit the slow upload
+                    if slots.in_flight():
+                        break
+                    time.sleep(0.02)
+                busy = c.post(target, content=body, headers=headers)
+                status = slow.status()
+                after = c.post(target, content=body, headers=headers)
+        finally:
+            server.shutdown()
+            thread.join(10)
+            server.server_close()
+            replay.middleware_for(app).close()
+        uploads = fake.requests_for("track")
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    assert status == 408
+    assert after.status_code == 200
+    assert [r.body for r in uploads] == [body]  # the honest one only
+
+
+# -- local mode: hostile uploads and who may upload (issue 8) ------------------------------------
+
+TRACK = "/_replay/track?device_id=d&session_id=1735689600000&type=replay"
+# Issue 8's shape: a little gzip inflating to a million tiny events (3 MB; the real one, 50 MB).
+BOMB = gzip.compress(b'{"version":1,"events":[' + b"{}," * 1_000_000 + b"{}]}")
+
+
+def test_local_track_answers_a_decompression_bomb_413(make_app: AppFactory) -> None:
+    app = make_app()
+    client = app.test_client()  # REMOTE_ADDR 127.0.0.1, Host localhost: the inspector's
+
+    r = client.post(TRACK, data=BOMB, headers={"content-encoding": "gzip"})
+
+    # The SDK splits a batch answered 413 with this wording (PROTOCOL §2); never a 500.
+    assert r.status_code == 413 and re.search(r"payload.*exceed", r.text, re.I)
+    store = app.extensions["replay_middleware"].middleware_for(app).engine.store
+    assert store is not None and store.sessions() == []
+
+
+def test_local_track_and_config_answer_only_the_inspectors_clients(make_app: AppFactory) -> None:
+    app = make_app()
+    client = app.test_client()
+    upload = json.dumps({"version": 1, "events": []}).encode()
+    remote = {"environ_overrides": {"REMOTE_ADDR": "10.0.0.5"}}
+
+    track = client.post(TRACK, data=upload, **remote)
+    config = client.get("/_replay/config/local?config_group=browser", **remote)
+
+    assert (track.status_code, config.status_code) == (404, 404)
+    assert client.get("/_replay/config/local?config_group=browser").status_code == 200
+    store = app.extensions["replay_middleware"].middleware_for(app).engine.store
+    assert store is not None and store.sessions() == []

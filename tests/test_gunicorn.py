@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from . import wsgi_app
-from .fake_amplitude import FakeAmplitude, Reply
+from .fake_amplitude import FakeAmplitude, Reply, SlowClient
 
 KEY = "0123456789abcdef0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,11 @@ def gunicorn(app: str, env: dict[str, str], log: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def base_url(fake: FakeAmplitude, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {"REPLAY_TEST_UPSTREAM": fake.url, "REPLAY_TEST_API_KEY": KEY}
+    env = {
+        "REPLAY_TEST_UPSTREAM": fake.url,
+        "REPLAY_TEST_API_KEY": KEY,
+        "REPLAY_TEST_BODY_TIMEOUT": "1",
+    }
     with gunicorn("tests.wsgi_app:app", env, log) as url:
         yield url
 
@@ -149,12 +153,35 @@ def test_uploads_reach_amplitude_through_the_proxy(base_url: str, fake: FakeAmpl
     assert config.status_code == 200 and b"sessionReplay" in config.content
     uploads = fake.requests_for("track")
     assert [r.body for r in uploads] == [BODY, BODY]
-    assert uploads[0].header("content-length") == str(len(BODY))
-    assert uploads[1].header("transfer-encoding") == "chunked"
+    # Read whole before going up: both framed by their length, the chunked one too.
+    assert [r.header("content-length") for r in uploads] == [str(len(BODY))] * 2
+    assert uploads[1].header("transfer-encoding") is None
     assert all(r.query == QUERY and r.header("authorization") == f"Bearer {KEY}" for r in uploads)
 
 
+def test_a_slow_loris_gets_408_at_the_deadline_and_never_reaches_amplitude(
+    base_url: str, fake: FakeAmplitude
+) -> None:  # notes/proxy.md case 43, under gunicorn's gthread worker
+    before = len(fake.requests_for("track"))
+    port = int(base_url.rsplit(":", 1)[1])
+    target = f"/_replay/track?{QUERY}"
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    with SlowClient(port, target, {"Authorization": f"Bearer {KEY}"}, interval=0.1) as slow:
+        with httpx.Client(base_url=base_url, trust_env=False) as client:
+            honest = client.post(target, content=BODY, headers=headers)
+        status = slow.status()
+        sent = slow.sent
+    assert honest.status_code == 200
+    # A byte every 0.1 s: gunicorn's read(n) would have waited for 64 KiB (~2 hours); the
+    # body deadline (1 s here) cut it short.
+    assert status == 408 and sent < 100
+    assert len(fake.requests_for("track")) == before + 1  # only the honest upload
+
+
 # -- the Flask example (local mode) under gunicorn -------------------------------------------
+
+
+INSPECTOR_TOKEN = "gunicorn-inspector-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +192,8 @@ def flask_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def flask_url(flask_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("gunicorn-flask") / "gunicorn.log"
-    with gunicorn(
-        "examples.flask_app.app:app", {"REPLAY_LOCAL_STORE_DIR": str(flask_store)}, log
-    ) as url:
+    env = {"REPLAY_LOCAL_STORE_DIR": str(flask_store), "REPLAY_INSPECTOR_TOKEN": INSPECTOR_TOKEN}
+    with gunicorn("examples.flask_app.app:app", env, log) as url:
         yield url
 
 
@@ -192,6 +218,10 @@ def test_flask_example_under_gunicorn(flask_url: str, flask_store: Path) -> None
             f"/_replay/track?{QUERY}", content=BODY, headers={"content-type": "application/json"}
         )
         assert track.status_code == 200, track.text
-        listing = client.get("/_replay/inspect")
+        assert client.get("/_replay/inspect").status_code == 404  # no token
+        # ?token= sets the cookie and redirects to the inspector without the token.
+        listing = client.get(f"/_replay/inspect?token={INSPECTOR_TOKEN}", follow_redirects=True)
+    assert [r.status_code for r in listing.history] == [303]
+    assert listing.url == f"{flask_url}/_replay/inspect"
     assert listing.status_code == 200 and b"1735689600000" in listing.content
     assert any(flask_store.rglob("*")), "the upload reached the local store"

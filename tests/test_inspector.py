@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -14,7 +16,8 @@ from urllib.parse import quote
 import html5lib
 import pytest
 
-from replay_middleware.engine import HttpResponse
+from replay_middleware.config import ReplayConfig
+from replay_middleware.engine import HttpResponse, ReplayEngine
 from replay_middleware.inspector import (
     INSPECTOR_CSP,
     PLAYER_FILES,
@@ -23,6 +26,8 @@ from replay_middleware.inspector import (
     PageStay,
     VisitSpan,
     _duration,
+    derive_inspector_token,
+    inspector_token_for,
     page_stays,
     visit_span,
 )
@@ -36,6 +41,7 @@ PREFIX = "/_replay"
 BASE = PREFIX + "/inspect"
 DEVICE = "3f1c2b9e-device"
 SESSION = "1735689600000"
+TOKEN = "inspector-token-0123456789abcdef"
 T0 = 1735689600000
 HOSTILE_URL = "https://shop.test/?q=</script><script>alert(1)</script>\"'&x=<b>"
 HOSTILE_DEVICE = 'dev"<img src=x onerror=alert(1)>/../x'
@@ -98,9 +104,17 @@ def get(
     host: str = "127.0.0.1:8000",
     method: str = "GET",
     headers: list[tuple[str, str]] | None = None,
+    query: str = "",
+    cookie: bool = True,
 ) -> HttpResponse:
+    """A request to the inspector; with ``cookie`` it carries the inspector's cookie, as every
+    request after the ``?token=`` visit does."""
     pairs = [("host", host), *(headers or [])]
-    return inspector.handle(RequestInfo.from_pairs(method, path, pairs, client=client))
+    if cookie:
+        pairs.append(("cookie", f"{inspector.cookie_name}={inspector.token}"))
+    return inspector.handle(
+        RequestInfo.from_pairs(method, path, pairs, query_string=query, client=client)
+    )
 
 
 def header(response: HttpResponse, name: str) -> str | None:
@@ -140,7 +154,7 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
 
 @pytest.fixture
 def inspector(store: LocalStore, static_root: Path) -> Inspector:
-    return Inspector(store, PREFIX, static_root=static_root)
+    return Inspector(store, PREFIX, token=TOKEN, static_root=static_root)
 
 
 # --- pages -----------------------------------------------------------------------------------
@@ -626,7 +640,7 @@ def test_setup_script_pins_the_same_player() -> None:
 def test_missing_player_says_run_make_setup(store: LocalStore, static_root: Path) -> None:
     for file in PLAYER_FILES:
         (static_root / file.name).unlink()
-    inspector = Inspector(store, PREFIX, static_root=static_root)
+    inspector = Inspector(store, PREFIX, token=TOKEN, static_root=static_root)
     upload(store)
 
     response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
@@ -645,7 +659,7 @@ def test_missing_player_says_run_make_setup(store: LocalStore, static_root: Path
 def test_altered_player_is_not_served(store: LocalStore, static_root: Path) -> None:
     target = static_root / PLAYER_FILES[0].name
     target.write_bytes(target.read_bytes() + b"\nalert(1);")
-    inspector = Inspector(store, PREFIX, static_root=static_root)
+    inspector = Inspector(store, PREFIX, token=TOKEN, static_root=static_root)
     upload(store)
 
     response = get(inspector, f"{BASE}/{DEVICE}/{SESSION}")
@@ -720,7 +734,7 @@ def test_reverse_proxy_on_the_same_machine_does_not_expose_it(
 
 def test_allow_list_admits_addresses_and_networks(store: LocalStore, static_root: Path) -> None:
     inspector = Inspector(
-        store, PREFIX, allow=("192.168.1.20", "10.0.0.0/8"), static_root=static_root
+        store, PREFIX, token=TOKEN, allow=("192.168.1.20", "10.0.0.0/8"), static_root=static_root
     )
 
     # An allowed client may use any Host (the LAN address or name it reached the app by).
@@ -737,16 +751,16 @@ def test_allow_list_admits_addresses_and_networks(store: LocalStore, static_root
 )
 def test_bad_allow_entries_are_refused(store: LocalStore, allow: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="is not an IP address or network"):
-        Inspector(store, PREFIX, allow=allow)
+        Inspector(store, PREFIX, token=TOKEN, allow=allow)
 
 
 def test_allow_must_not_be_a_string(store: LocalStore) -> None:
     with pytest.raises(ValueError, match="not a string"):
-        Inspector(store, PREFIX, allow="127.0.0.1")
+        Inspector(store, PREFIX, token=TOKEN, allow="127.0.0.1")
 
 
 def test_prefix_with_a_trailing_slash(store: LocalStore, static_root: Path) -> None:
-    inspector = Inspector(store, PREFIX + "/", static_root=static_root)
+    inspector = Inspector(store, PREFIX + "/", token=TOKEN, static_root=static_root)
 
     assert inspector.base == BASE
     assert inspector.handles(BASE) and inspector.handles(BASE + "/x")
@@ -754,4 +768,359 @@ def test_prefix_with_a_trailing_slash(store: LocalStore, static_root: Path) -> N
 
 
 def test_default_static_root_is_the_package_static_dir(store: LocalStore) -> None:
-    assert Inspector(store, PREFIX).static_root == static_dir()
+    assert Inspector(store, PREFIX, token=TOKEN).static_root == static_dir()
+
+
+# --- the token (issue 8 item 3) -------------------------------------------------------------
+
+
+PATHS = (
+    BASE,
+    BASE + "/",
+    f"{BASE}/{DEVICE}/{SESSION}",
+    f"{BASE}/{DEVICE}/{SESSION}/events.json",
+    f"{BASE}/{DEVICE}/{SESSION}/interactions.json",
+    f"{BASE}/static/inspector.js",
+    f"{BASE}/static/{PLAYER_FILES[0].name}",
+)
+
+
+def cookie_attributes(response: HttpResponse) -> tuple[str, dict[str, str]]:
+    """The ``Set-Cookie`` of ``response``: ``name=value`` and its attributes (lower-case)."""
+    value = header(response, "set-cookie")
+    assert value is not None
+    pair, *attributes = [part.strip() for part in value.split(";")]
+    parsed = {}
+    for attribute in attributes:
+        name, _, val = attribute.partition("=")
+        parsed[name.lower()] = val
+    return pair, parsed
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_without_token_or_cookie_every_path_is_the_plain_404(
+    store: LocalStore, inspector: Inspector, path: str, method: str
+) -> None:
+    upload(store)
+
+    response = get(inspector, path, method=method, cookie=False)
+
+    assert (response.status, response.body) == (404, b"Not Found")
+    assert header(response, "set-cookie") is None
+    assert header(response, "content-security-policy") is None
+
+
+@pytest.mark.parametrize(
+    ("query", "cookie"),
+    [
+        pytest.param("token=" + TOKEN[:-1], None, id="query-prefix"),
+        pytest.param("token=" + TOKEN + "x", None, id="query-longer"),
+        pytest.param("token=" + TOKEN.upper(), None, id="query-case"),
+        pytest.param("token=", None, id="query-empty"),
+        pytest.param("token", None, id="query-bare"),
+        pytest.param(f"token={TOKEN}&token={TOKEN}", None, id="query-twice"),
+        pytest.param("token=%C3%A9" + TOKEN, None, id="query-non-ascii"),
+        pytest.param("token=wrong", TOKEN, id="wrong-query-beats-a-good-cookie"),
+        pytest.param("", "wrong-token-0123456789abcdef", id="cookie-wrong"),
+        pytest.param("", "", id="cookie-empty"),
+        pytest.param("", "\u00e9" + TOKEN, id="cookie-non-ascii"),
+    ],
+)
+def test_a_wrong_token_is_the_plain_404(
+    store: LocalStore, inspector: Inspector, query: str, cookie: str | None
+) -> None:
+    upload(store)
+    headers = [] if cookie is None else [("cookie", f"{inspector.cookie_name}={cookie}")]
+
+    response = get(inspector, BASE, query=query, headers=headers, cookie=False)
+
+    assert (response.status, response.body) == (404, b"Not Found")
+    assert header(response, "set-cookie") is None
+
+
+def test_the_token_of_another_inspector_is_refused(store: LocalStore, static_root: Path) -> None:
+    other = Inspector(store, PREFIX, token="another-token-0123456789", static_root=static_root)
+    inspector = Inspector(store, PREFIX, token=TOKEN, static_root=static_root)
+    cookie = [("cookie", f"{other.cookie_name}={other.token}")]
+
+    assert get(inspector, BASE, query="token=" + other.token, cookie=False).status == 404
+    assert get(inspector, BASE, headers=cookie, cookie=False).status == 404
+    # Two servers on one host (cookies ignore the port) keep a cookie each.
+    assert other.cookie_name != inspector.cookie_name
+
+
+def test_token_in_the_query_sets_the_cookie_and_redirects_without_it(
+    inspector: Inspector,
+) -> None:
+    response = get(inspector, BASE, query="token=" + TOKEN, cookie=False)
+
+    assert response.status == 303
+    assert header(response, "location") == BASE
+    assert response.body == b""
+    pair, attributes = cookie_attributes(response)
+    assert pair == f"{inspector.cookie_name}={TOKEN}"
+    assert inspector.cookie_name.startswith("replay_inspect_")
+    assert attributes == {"path": BASE, "httponly": "", "samesite": "Strict"}
+    assert header(response, "cache-control") == "no-store"
+    assert header(response, "referrer-policy") == "no-referrer"
+
+
+def test_sign_in_keeps_the_path_and_the_other_query_fields(
+    store: LocalStore, inspector: Inspector
+) -> None:
+    path = f"{BASE}/{HOSTILE_DEVICE}/{SESSION}"
+    response = get(inspector, path, query=f"t=5&token={TOKEN}&x=a%20b", cookie=False)
+
+    assert response.status == 303
+    location = header(response, "location")
+    assert location == f"{BASE}/{quote(HOSTILE_DEVICE, safe='/')}/{SESSION}?t=5&x=a+b"
+    assert TOKEN not in location
+
+
+def test_sign_in_from_a_link_on_another_site_refreshes_instead_of_redirecting(
+    inspector: Inspector,
+) -> None:
+    # The browser would not send the SameSite=Strict cookie on a redirect of a cross-site
+    # navigation; a refresh from the inspector's own page is a same-site navigation.
+    response = get(
+        inspector,
+        BASE,
+        query=f"token={TOKEN}&a=1&b=2",
+        headers=[("sec-fetch-site", "cross-site")],
+        cookie=False,
+    )
+
+    assert response.status == 200
+    assert header(response, "location") is None
+    pair, attributes = cookie_attributes(response)
+    assert pair == f"{inspector.cookie_name}={TOKEN}"
+    assert attributes == {"path": BASE, "httponly": "", "samesite": "Strict"}
+    assert header(response, "content-security-policy") == INSPECTOR_CSP
+    assert header(response, "referrer-policy") == "no-referrer"
+    assert header(response, "content-length") == str(len(response.body))
+    [meta] = parse(response).findall(f".//{NS}meta[@http-equiv='refresh']")
+    assert meta.get("content") == f"0; url={BASE}?a=1&b=2"
+    assert TOKEN.encode() not in response.body
+    assert b"<script" not in response.body
+
+
+@pytest.mark.parametrize("site", ["same-origin", "same-site", "none"])
+def test_sign_in_from_this_site_or_the_address_bar_redirects(
+    inspector: Inspector, site: str
+) -> None:
+    response = get(
+        inspector,
+        BASE,
+        query=f"token={TOKEN}",
+        headers=[("sec-fetch-site", site)],
+        cookie=False,
+    )
+
+    assert response.status == 303
+
+
+def test_sign_in_over_https_sets_a_secure_cookie(inspector: Inspector) -> None:
+    request = RequestInfo.from_pairs(
+        "GET",
+        BASE,
+        [("host", "localhost:8443")],
+        query_string="token=" + TOKEN,
+        scheme="https",
+        client="127.0.0.1",
+    )
+
+    response = inspector.handle(request)
+
+    _, attributes = cookie_attributes(response)
+    assert "secure" in attributes
+
+
+def test_sign_in_with_head_redirects_too(inspector: Inspector) -> None:
+    response = get(inspector, BASE, query="token=" + TOKEN, method="HEAD", cookie=False)
+
+    assert response.status == 303 and header(response, "set-cookie") is not None
+
+
+def test_sign_in_by_post_is_405(inspector: Inspector) -> None:
+    response = get(inspector, BASE, query="token=" + TOKEN, method="POST", cookie=False)
+
+    assert response.status == 405
+    assert header(response, "set-cookie") is None
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_cookie_opens_every_path(store: LocalStore, inspector: Inspector, path: str) -> None:
+    upload(store)
+
+    response = get(inspector, path)
+
+    assert response.status == 200
+    assert header(response, "set-cookie") is None
+
+
+def test_the_cookie_among_the_apps_cookies(inspector: Inspector) -> None:
+    cookie = f"session=abc; {inspector.cookie_name}={TOKEN}; replay_id=x"
+
+    response = get(inspector, BASE, headers=[("cookie", cookie)], cookie=False)
+
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("client", "host", "headers"),
+    [
+        pytest.param("203.0.113.9", "shop.test", [], id="remote-client"),
+        pytest.param("127.0.0.1", "evil.test", [], id="rebinding"),
+        pytest.param("127.0.0.1", "localhost", [("x-forwarded-for", "203.0.113.9")], id="xff"),
+    ],
+)
+def test_the_loopback_rule_still_applies_with_a_valid_token(
+    inspector: Inspector, client: str, host: str, headers: list[tuple[str, str]]
+) -> None:
+    signed_in = get(inspector, BASE, client=client, host=host, headers=headers)
+    sign_in = get(
+        inspector, BASE, client=client, host=host, headers=headers, query="token=" + TOKEN
+    )
+
+    assert (signed_in.status, sign_in.status) == (404, 404)
+    assert header(sign_in, "set-cookie") is None
+
+
+def test_a_bare_reverse_proxy_on_the_same_machine_gets_404_without_the_token(
+    store: LocalStore, inspector: Inspector
+) -> None:
+    # nginx `proxy_pass http://127.0.0.1:8000;` with no forwarding header: the peer and the
+    # Host are loopback, so only the token tells the remote visitor from the developer.
+    upload(store)
+    for path in PATHS:
+        response = get(inspector, path, client="127.0.0.1", host="127.0.0.1:8000", cookie=False)
+        assert (response.status, response.body) == (404, b"Not Found")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("short-token", id="short"),
+        pytest.param("", id="empty"),
+        pytest.param("token with spaces 0123456789", id="spaces"),
+        pytest.param("token;path=/;0123456789", id="cookie-syntax"),
+        pytest.param("x" * 257, id="too-long"),
+    ],
+)
+def test_bad_tokens_are_refused(store: LocalStore, token: str) -> None:
+    with pytest.raises(ValueError, match="16-256 URL-safe characters"):
+        Inspector(store, PREFIX, token=token)
+
+
+def test_sign_in_url(inspector: Inspector) -> None:
+    assert inspector.sign_in_url == f"{BASE}?token={TOKEN}"
+
+
+def test_configured_token_wins() -> None:
+    assert inspector_token_for(TOKEN, "a secret key of some length") == TOKEN
+
+
+def test_token_derived_from_the_secret_is_stable_and_keeps_the_secret() -> None:
+    secret = "the-fleet-secret-key-0123456789"
+
+    token = inspector_token_for(None, secret)
+
+    assert token == derive_inspector_token(secret) == inspector_token_for(None, secret)
+    assert token != derive_inspector_token(secret + "x")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert secret not in token
+
+
+def test_without_a_secret_the_token_is_random_per_call() -> None:
+    first, second = inspector_token_for(None, None), inspector_token_for(None, None)
+
+    assert first != second
+    assert len(first) >= 43
+
+
+# --- the token in the engine: which one, and the start-up URL ----------------------------------
+
+
+def _engine(tmp_path: Path, **options: Any) -> ReplayEngine:
+    return ReplayEngine(ReplayConfig(local_store_dir=str(tmp_path / "store"), **options))
+
+
+def test_engines_sharing_a_secret_key_share_the_token(tmp_path: Path) -> None:
+    # Workers of one app (gunicorn -w 4, uvicorn --workers) accept each other's cookie.
+    secret = "the-fleet-secret-key-0123456789"
+    first, second = _engine(tmp_path, secret_key=secret), _engine(tmp_path, secret_key=secret)
+
+    assert first.inspector is not None and second.inspector is not None
+    assert first.inspector.token == second.inspector.token == derive_inspector_token(secret)
+    assert first.inspector.cookie_name == second.inspector.cookie_name
+
+
+def test_engines_without_a_secret_key_have_their_own_token(tmp_path: Path) -> None:
+    first, second = _engine(tmp_path), _engine(tmp_path)
+
+    assert first.inspector is not None and second.inspector is not None
+    assert first.inspector.token != second.inspector.token
+
+
+def test_configured_token_is_the_engines(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, inspector_token=TOKEN, secret_key="another-secret-0123456789")
+
+    assert engine.inspector is not None and engine.inspector.token == TOKEN
+
+
+def test_no_inspector_with_an_api_key(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, api_key="k" * 32, secret_key="a-secret-key-0123456789")
+
+    assert engine.inspector is None
+
+
+def _first_request_log(engine: ReplayEngine, caplog: pytest.LogCaptureFixture) -> list[str]:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    engine.announce()
+    return [r.getMessage() for r in caplog.records if r.name == "replay_middleware"]
+
+
+def test_startup_log_prints_the_inspector_url_with_the_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _engine(tmp_path)
+    assert engine.inspector is not None
+
+    messages = _first_request_log(engine, caplog)
+
+    [line] = [m for m in messages if "?token=" in m]
+    assert f"open {BASE}?token={engine.inspector.token} to replay them" in line
+
+
+def test_startup_log_uses_the_public_origin(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _engine(tmp_path, public_origin="http://127.0.0.1:8000", inspector_token=TOKEN)
+
+    messages = _first_request_log(engine, caplog)
+
+    assert any(f"open http://127.0.0.1:8000{BASE}?token={TOKEN} " in m for m in messages)
+
+
+def test_startup_log_never_holds_the_secret_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "the-fleet-secret-key-0123456789"
+
+    messages = _first_request_log(_engine(tmp_path, secret_key=secret), caplog)
+
+    assert any(derive_inspector_token(secret) in m for m in messages)
+    assert not any(secret in m for m in messages)
+
+
+def test_startup_log_holds_no_token_with_an_api_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _engine(
+        tmp_path, api_key="k" * 32, secret_key="a-secret-key-0123456789", inspector_token=TOKEN
+    )
+
+    messages = _first_request_log(engine, caplog)
+
+    assert not any("token" in m for m in messages)

@@ -9,12 +9,14 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from replay_middleware import local_store
 from replay_middleware.local_store import (
     FILE_NAME,
     MAX_PAGES_PER_SESSION,
@@ -495,6 +497,114 @@ def test_lowered_cap_applies_when_the_store_is_opened(tmp_path: Path) -> None:
         assert small.used_bytes() <= 256 * 1024
         assert "19" in {s.session_id for s in small.sessions(100)}
         assert "0" not in {s.session_id for s in small.sessions(100)}
+
+
+def wal_bytes(store: LocalStore) -> int:
+    wal = store.directory / f"{FILE_NAME}-wal"
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def big_upload(ts: int, size: int) -> bytes:
+    """Full snapshots of incompressible text, ``size`` bytes in all, in events of 100 KB."""
+    return payload(1, [full(ts + i, os.urandom(50_000).hex()) for i in range(size // 100_000)])
+
+
+def test_rolled_back_upload_leaves_no_wal(tmp_path: Path) -> None:
+    # Issue 8: the rolled-back pages stayed in the WAL (here about 2.5 MiB) until a later write.
+    cap = 4 << 20
+    with LocalStore(tmp_path, max_bytes=cap) as store:
+        assert store.add(query(), {}, big_upload(T0, 2_000_000), T0).error is None
+
+        result = store.add(query(), {}, big_upload(T0 + 100, 2_000_000), T0 + 10)
+
+        assert result.error == "store full: this session alone exceeds max_bytes"
+        assert wal_bytes(store) == 0
+        assert store.used_bytes() <= cap
+        [summary] = store.sessions()
+        assert (summary.event_count, summary.upload_count, summary.error_count) == (20, 2, 1)
+
+
+def test_upload_larger_than_the_cap_by_itself_is_not_written(tmp_path: Path) -> None:
+    with LocalStore(tmp_path, max_bytes=1 << 20) as store:
+        add_session(store, SESSION, T0)
+
+        result = store.add(query(), {}, big_upload(T0 + 100, 3_000_000), T0 + 10)
+
+        assert result.error == "store full: this session alone exceeds max_bytes"
+        assert wal_bytes(store) <= (1 << 20) // 4  # its share of the cap, not the 3 MB
+        assert store.used_bytes() <= 1 << 20
+
+
+def test_used_bytes_counts_the_wal(store: LocalStore) -> None:
+    add_session(store, SESSION, T0, filler=200_000)
+
+    with sqlite3.connect(store.file) as other:
+        pages, free, size = (
+            other.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_count", "freelist_count", "page_size")
+        )
+
+    assert wal_bytes(store) > 0
+    assert store.used_bytes() == (pages - free) * size + wal_bytes(store)
+
+
+def test_wal_is_kept_under_its_share_of_the_cap(tmp_path: Path) -> None:
+    cap = 1 << 20
+    with LocalStore(tmp_path, max_bytes=cap) as store:
+        for i in range(20):
+            add_session(store, str(T0 + i), T0 + i * 1000, filler=100_000)
+            assert wal_bytes(store) <= cap // 4
+            assert store.used_bytes() <= cap
+
+
+def test_clear_truncates_the_wal(store: LocalStore) -> None:
+    for i in range(5):
+        add_session(store, str(T0 + i), T0 + i, filler=200_000)
+
+    store.clear()
+
+    assert wal_bytes(store) == 0
+
+
+def test_upload_past_a_decoding_limit_is_not_stored(tmp_path: Path) -> None:
+    with LocalStore(tmp_path, max_decoded_bytes=1000) as store:
+        body = payload(1, [meta(T0, "https://shop.test/")] * 20)
+
+        result = store.add(query(), {}, body, T0)
+
+        assert (result.upload_id, result.too_large) == (None, True)
+        assert result.error == "body larger than 1000 bytes"
+        assert store.sessions() == []
+
+
+def test_one_upload_is_decoded_at_a_time(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoding = most = 0
+    lock = threading.Lock()
+    real = local_store.decode_payload
+
+    def slow_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decoding, most
+        with lock:
+            decoding += 1
+            most = max(most, decoding)
+        time.sleep(0.05)
+        with lock:
+            decoding -= 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local_store, "decode_payload", slow_decode)
+    threads = [
+        threading.Thread(target=add_session, args=(store, str(T0 + i), T0 + i)) for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert most == 1
+    assert len(store.sessions()) == 6
 
 
 # --- concurrency and failures ------------------------------------------------------------------

@@ -6,14 +6,22 @@ import gzip
 import json
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from replay_middleware import payloads
 from replay_middleware.payloads import (
     MAX_DECODED_BYTES,
+    MAX_DEPTH,
+    MAX_EVENTS,
     DecodedPayload,
     DecodeError,
+    InteractionEvent,
+    ReplayEvent,
     decode_payload,
     fingerprint,
     parse_track_query,
@@ -107,7 +115,7 @@ def test_gzipped_v1_upload() -> None:
         (2, 1735689600150),
         (3, 1735689601000),
     ]
-    assert (result.skipped, result.dropped, result.interactions) == (0, 0, ())
+    assert (result.skipped, result.interactions) == (0, ())
 
 
 def test_event_text_is_kept_as_sent() -> None:
@@ -244,6 +252,15 @@ def test_long_urls_are_cut() -> None:
         pytest.param(b"[1, 2]", "body is not a JSON object", id="array"),
         pytest.param(b'"text"', "body is not a JSON object", id="string"),
         pytest.param(b'{"version": 1}', 'body has no "events" list', id="no-events"),
+        pytest.param(b"{}", 'body has no "events" list', id="empty-object"),
+        pytest.param(
+            b'{"events": [], "events": "x"}', 'body has no "events" list', id="events-replaced"
+        ),
+        pytest.param(
+            b'{"events": [], "events": []}',
+            'body has more than one "events" list',
+            id="events-twice",
+        ),
         pytest.param(b'{"events": "x"}', 'body has no "events" list', id="events-string"),
         pytest.param(b'{"events": {"a": 1}}', 'body has no "events" list', id="events-object"),
         pytest.param(b'{"events": [], "x": NaN}', "body is not JSON (NaN is not JSON)", id="nan"),
@@ -276,32 +293,159 @@ def test_content_encoding_gzip_on_a_plain_body_is_an_error() -> None:
     assert error(result) == "Content-Encoding says gzip but the body is not gzip"
 
 
-def gzip_zeros(size_mib: int) -> bytes:
+def gzip_of(head: bytes, unit: bytes, size_mib: float, tail: bytes = b"") -> bytes:
+    """``head``, then ``unit`` repeated to ``size_mib`` MiB, then ``tail``, gzipped (a bomb:
+    repetition compresses about 1000:1), without holding the inflated bytes."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    chunk = b"\x00" * (1 << 20)
-    return b"".join(compressor.compress(chunk) for _ in range(size_mib)) + compressor.flush()
+    chunk = unit * ((1 << 20) // len(unit))
+    out = [compressor.compress(head)]
+    out += [compressor.compress(chunk) for _ in range(int(size_mib))]
+    out.append(compressor.compress(unit * int((size_mib % 1) * (1 << 20) // len(unit))))
+    return b"".join([*out, compressor.compress(tail), compressor.flush()])
 
 
-def test_gzip_bomb_is_refused_past_the_default_cap() -> None:
-    bomb = gzip_zeros(MAX_DECODED_BYTES // (1 << 20) + 1)  # compresses about 1000:1
-
-    result = decode_payload(bomb, content_encoding="gzip")
-
-    assert error(result) == f"gzip body inflates past {MAX_DECODED_BYTES} bytes"
+def too_large(result: DecodedPayload | DecodeError) -> str:
+    assert isinstance(result, DecodeError) and result.too_large, result
+    return result.reason
 
 
-def test_gzip_bomb_stops_at_the_cap() -> None:
-    # 256 MiB of zeros in about 256 KiB: memory must stay near the 1 MiB cap, not the bomb.
-    bomb = gzip_zeros(256)
+def traced_peak(call: Callable[[], Any]) -> tuple[Any, int]:
     tracemalloc.start()
     try:
-        result = decode_payload(bomb, max_decoded_bytes=1 << 20)
-        peak = tracemalloc.get_traced_memory()[1]
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
-    assert error(result) == f"gzip body inflates past {1 << 20} bytes"
+
+TINY_EVENT = json.dumps(sdk_event({"type": 3, "timestamp": 1, "data": {"source": 2}})).encode()
+
+
+def test_gzip_past_the_default_cap_is_too_large() -> None:
+    bomb = gzip_of(b'{"version":1,"events":["', b"a", MAX_DECODED_BYTES / (1 << 20) + 1, b'"]}')
+
+    result = decode_payload(bomb, content_encoding="gzip")
+
+    assert too_large(result) == f"gzip body inflates past {MAX_DECODED_BYTES} bytes"
+
+
+def test_the_issue_bomb_stops_early_with_little_memory() -> None:
+    # Issue 8: 51 KB of gzip inflating to 50 MB of {} events took 1.3 GB to parse whole.
+    bomb = gzip_of(b'{"version":1,"events":[', b"{},", 50, b"{}]}")
+    assert len(bomb) < 60_000
+
+    result, peak = traced_peak(lambda: decode_payload(bomb, query_string=REPLAY_QS))
+
+    assert too_large(result) == f"more than {MAX_EVENTS} events"
+    assert peak < 16 << 20
+
+
+def test_gzip_bomb_memory_stays_near_one_piece() -> None:
+    # 256 MiB of one string in about 256 KiB: the decoded size cap stops it, and the text
+    # held is what was read of it (here 1 MiB), not the bomb.
+    bomb = gzip_of(b'{"events":["', b"a", 256, b'"]}')
+
+    result, peak = traced_peak(lambda: decode_payload(bomb, max_decoded_bytes=1 << 20))
+
+    assert too_large(result) == f"gzip body inflates past {1 << 20} bytes"
+    assert peak < 6 << 20
+
+
+def test_not_json_past_the_first_piece_stops_there() -> None:
+    bomb = gzip_of(b"", b"\x00", 64)
+
+    result, peak = traced_peak(lambda: decode_payload(bomb))
+
+    assert error(result) == "body is not JSON (Expecting value)"
     assert peak < 4 << 20
+
+
+def test_plain_body_past_the_cap_is_too_large() -> None:
+    raw = body(1, [sdk_event(META)] * 100)
+
+    assert too_large(decode_payload(raw, max_decoded_bytes=1000)) == "body larger than 1000 bytes"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param(
+            b'{"events":[' + b",".join([TINY_EVENT] * 6000) + b"]}",
+            "more than 5000 events",
+            id="many-tiny-events",
+        ),
+        pytest.param(
+            b'{"events":[' + b"0," * 999_999 + b"0]}",
+            "more than 5000 events",
+            id="a-million-bad-elements",
+        ),
+        pytest.param(
+            # One event of 1 MiB of nested lists: json.loads would build 35 MiB of lists.
+            json.dumps(
+                {"events": [sdk_event({"type": 2, "timestamp": 1, "data": [[[]]] * 200_000})]}
+            ).encode(),
+            "decoding needs more than 4194304 bytes of memory",
+            id="one-giant-event",
+        ),
+        pytest.param(
+            b'{"events":[{"type":5,"timestamp":1,"data":[' + b'"ab",' * 300_000 + b'"ab"]}]}',
+            "decoding needs more than 4194304 bytes of memory",
+            id="one-giant-object-element",
+        ),
+        pytest.param(
+            b'{"events":["' + b"a" * (3 << 20) + b'"]}',
+            "decoding needs more than 4194304 bytes of memory",
+            id="one-huge-string",
+        ),
+    ],
+)
+def test_uploads_past_a_limit_are_too_large_with_bounded_memory(raw: bytes, reason: str) -> None:
+    result, peak = traced_peak(lambda: decode_payload(raw, max_events=5000, max_memory=4 << 20))
+
+    assert too_large(result) == reason
+    assert peak < (4 << 20) + (2 << 20)  # what is counted is an upper bound
+
+
+def test_a_huge_string_costs_its_size() -> None:
+    # A 6 MiB string element is not an event: skipped, after holding the string about twice.
+    raw = b'{"events":["' + b"a" * (6 << 20) + b'"]}'
+
+    result, peak = traced_peak(lambda: decode_payload(raw))
+
+    assert decoded(result).skipped == 1
+    assert peak < 20 << 20
+
+
+def test_deep_nesting_in_a_large_event_is_skipped() -> None:
+    # Past _C_TOKENS the event is read by _scan: MAX_DEPTH levels (the event object and its
+    # data list are two of them), no recursion.
+    filler = ",".join(["0"] * 110_000)
+
+    def event(depth: int) -> str:
+        return (
+            '{"type":2,"timestamp":1,"data":['
+            + filler
+            + ","
+            + "[" * (depth - 2)
+            + "]" * (depth - 2)
+            + "]}"
+        )
+
+    ok, deep = event(MAX_DEPTH), event(MAX_DEPTH + 1)
+
+    result = decoded(decode_payload(body(1, [deep, ok])))
+
+    assert (len(result.events), result.skipped) == (1, 1)
+
+
+def test_limits_are_configurable() -> None:
+    events = [sdk_event({**INCR, "timestamp": i}) for i in range(1000)]
+
+    assert too_large(decode_payload(body(1, events), max_events=100)) == "more than 100 events"
+    assert len(decoded(decode_payload(body(1, events), max_events=1000)).events) == 1000
+    assert too_large(decode_payload(body(1, events), max_memory=100_000)).startswith(
+        "decoding needs more than 100000 bytes"
+    )
 
 
 def test_decoded_size_cap_is_configurable() -> None:
@@ -360,21 +504,6 @@ def test_replay_events_given_as_objects_are_accepted() -> None:
     assert json.loads(event.json) == META
 
 
-def test_huge_event_counts_are_capped() -> None:
-    events = [sdk_event({**INCR, "timestamp": i}) for i in range(1000)]
-
-    result = decoded(decode_payload(body(1, events), max_events=100))
-
-    assert (len(result.events), result.dropped) == (100, 900)
-    assert result.events[-1].timestamp == 99
-
-
-def test_a_million_bad_elements_cost_bounded_work() -> None:
-    result = decoded(decode_payload(b'{"events":[' + b"0," * 999_999 + b"0]}"))
-
-    assert (result.events, result.skipped, result.dropped) == ((), 100_000, 900_000)
-
-
 def test_unknown_version_is_kept_as_none() -> None:
     raw = json.dumps({"version": "1", "events": [sdk_event(META)]}).encode()
 
@@ -393,6 +522,114 @@ def test_lone_surrogates_become_storable_text() -> None:
     assert json.loads(event.json)["timestamp"] == 1
     event.json.encode("utf-8")
     assert event.href == "https://a.test/?"
+
+
+# --- reading a piece at a time, and large events ------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+EVENTS = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from([2, 3, 4, 6, 9]),
+        "timestamp": st.integers(0, 2**54),
+        "data": JSON_VALUES,
+    }
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    events=st.lists(st.one_of(EVENTS, JSON_VALUES), max_size=5),
+    as_strings=st.booleans(),
+    ascii_only=st.booleans(),
+    indent=st.sampled_from([None, 1]),
+    compress=st.booleans(),
+    interaction=st.booleans(),
+)
+def test_decoding_is_the_same_whatever_the_pieces_and_the_parser(
+    monkeypatch: pytest.MonkeyPatch,
+    events: list[Any],
+    as_strings: bool,
+    ascii_only: bool,
+    indent: int | None,
+    compress: bool,
+    interaction: bool,
+) -> None:
+    # Elements as the SDK frames them (JSON strings) or as objects; the body read in pieces of
+    # a few bytes (values cut anywhere), and every event read by _scan instead of json.loads.
+    elements = [json.dumps(e, ensure_ascii=ascii_only) if as_strings else e for e in events]
+    raw = json.dumps({"version": 1, "events": elements}, ensure_ascii=ascii_only, indent=indent)
+    data = gzip.compress(raw.encode()) if compress else raw.encode()
+    query = INTERACTION_QS if interaction else REPLAY_QS
+    expected = decode_payload(data, query_string=query)
+
+    monkeypatch.setattr(payloads, "_CHUNK", 3)
+    monkeypatch.setattr(payloads, "_C_TOKENS", -1)
+
+    assert decode_payload(data, query_string=query) == expected
+    if isinstance(expected, DecodedPayload):
+        kept: list[ReplayEvent | InteractionEvent] = [*expected.events, *expected.interactions]
+        assert [e.fingerprint for e in kept] == [fingerprint(json.loads(e.json)) for e in kept]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"events": [1,]}',
+        b'{"events": [1 2]}',
+        b'{"events": [], }',
+        b'{"events" []}',
+        b"{events: []}",
+        b'{"events": [tru]}',
+        b'{"events": [01]}',
+        b'{"events": ["\\x"]}',
+        b'{"events": ["a\x01"]}',
+        b'{"events": [{"a" 1}]}',
+        b'{"events": [{1: 2}]}',
+        b'{"events": []} []',
+        b'{"events": [',
+        b'{"events": [{"a": [1, {"b": ',
+        b'{"events": [[1',
+        b'{"events": [[1 2]]}',
+    ],
+)
+def test_malformed_json_is_refused_whatever_the_pieces(
+    monkeypatch: pytest.MonkeyPatch, raw: bytes
+) -> None:
+    with pytest.raises(ValueError):
+        json.loads(raw)
+    for chunk in (1, 2, 5, 256 * 1024):
+        monkeypatch.setattr(payloads, "_CHUNK", chunk)
+        result = decode_payload(raw)
+        assert isinstance(result, DecodeError) and not result.too_large, (chunk, result)
+        assert result.reason.startswith("body is not JSON"), (chunk, result)
+
+
+def test_a_large_event_is_read_as_json_loads_reads_it() -> None:
+    # A full snapshot past _C_TOKENS goes to _scan (and the pure-Python encoder for its
+    # fingerprint); the result is the same as for a small one.
+    nodes = [
+        {"type": 2, "tagName": "td", "attributes": {"class": f"c{i} \u00e9"}, "id": i}
+        for i in range(10_000)
+    ]
+    event = {"type": 2, "timestamp": 5, "data": {"node": {"childNodes": nodes}, "x": 1.5e-7}}
+    text = sdk_event(event)
+
+    [decoded_event] = decoded(decode_payload(body(1, [text]))).events
+
+    assert decoded_event.json == text
+    assert decoded_event.fingerprint == fingerprint(event)
 
 
 # --- the dedupe fingerprint -------------------------------------------------------------------

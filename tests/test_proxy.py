@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,12 +20,14 @@ import pytest
 
 from replay_middleware import ReplayConfig, RequestInfo
 from replay_middleware.proxy import (
+    CLIENT_BUSY,
     CONFIG_FALLBACK_BODY,
     CONFIG_STALE_IF_ERROR,
     DEFAULT_UPSTREAMS,
     DROPPED_IP,
     PAYLOAD_TOO_LARGE_TEXT,
     Breaker,
+    ClientSlots,
     ConfigEntry,
     ConfigPlan,
     ConfigSlot,
@@ -35,10 +38,12 @@ from replay_middleware.proxy import (
     TrackQuery,
     TrustedProxies,
     UploadCounter,
+    UploadDeadlines,
     Upstreams,
     check_framing,
     check_track_key,
     check_track_query,
+    client_key,
     config_entry,
     config_is_fresh,
     config_reply,
@@ -48,6 +53,7 @@ from replay_middleware.proxy import (
     filter_response_headers,
     forwarded_ip,
     key_id,
+    looks_like_a_proxy,
     parse_ip,
     plan_config,
     plan_track,
@@ -56,8 +62,10 @@ from replay_middleware.proxy import (
     resolve_client_ip,
     sniff_body,
     strip_hop_by_hop,
+    upload_deadlines,
     upstream_request_headers,
     upstream_status_is_redirect,
+    with_content_length,
 )
 
 US_KEY = "0123456789abcdef0123456789abcdef"
@@ -1053,3 +1061,118 @@ def test_config_entry_repr_hides_the_body() -> None:
     entry = config_entry(200, "application/json", GOOD, 1.0)
     assert isinstance(entry, ConfigEntry)
     assert "sr_sampling_config" not in repr(entry)
+
+
+# --- slow clients (cases 43-45) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "expected"),
+    [
+        pytest.param("198.51.100.7", "198.51.100.7", id="v4-whole-address"),
+        pytest.param("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64", id="v6-its-64"),
+        pytest.param("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64", id="v6-same-64"),
+        pytest.param("::ffff:198.51.100.7", "198.51.100.7", id="v4-mapped"),
+        pytest.param(None, None, id="unknown-not-counted"),
+    ],
+)
+def test_client_key(ip: str | None, expected: str | None) -> None:
+    assert client_key(parse_ip(ip)) == expected
+
+
+def test_plan_track_carries_the_client_key_after_trusted_proxies() -> None:  # case 45
+    headers = {"authorization": f"Bearer {US_KEY}", "x-forwarded-for": "6.6.6.6, 198.51.100.9"}
+    trusted = TrustedProxies.parse(["10.0.0.0/8"])
+    behind = plan(req(headers=headers, client="10.0.0.2"), trusted=trusted)
+    direct = plan(req(headers=headers, client="203.0.113.7"))  # the XFF of a stranger: ignored
+    unknown = plan(req(headers={"authorization": f"Bearer {US_KEY}"}, client=None))
+    assert isinstance(behind, TrackPlan) and behind.client == "198.51.100.9"
+    assert isinstance(direct, TrackPlan) and direct.client == "203.0.113.7"
+    assert isinstance(unknown, TrackPlan) and unknown.client is None
+    assert "198.51.100.9" not in repr(behind)  # addresses are never logged
+
+
+def test_client_slots_cap_each_client_and_free_on_release() -> None:  # case 45
+    slots = ClientSlots(2)
+    assert [slots.acquire("a"), slots.acquire("a"), slots.acquire("a")] == [True, True, False]
+    assert slots.acquire("b")  # another client is not affected
+    slots.release("a")
+    assert slots.acquire("a")
+    for key in ("a", "a", "b"):
+        slots.release(key)
+    assert slots.in_flight() == 0
+    slots.release("a")  # an extra release never goes below zero
+    assert slots.in_flight("a") == 0 and slots.acquire("a") and slots.acquire("a")
+
+
+def test_client_slots_ignore_unknown_addresses_and_a_zero_limit() -> None:
+    assert all(ClientSlots(1).acquire(None) for _ in range(5))
+    off = ClientSlots(0)
+    assert all(off.acquire("a") for _ in range(50)) and off.in_flight() == 0
+    with pytest.raises(ValueError, match="0 \\(no cap\\) or more"):
+        ClientSlots(-1)
+
+
+def test_client_slots_hold_under_threads() -> None:
+    slots = ClientSlots(3)
+    over: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(2000):
+            if slots.acquire("a"):
+                if slots.in_flight("a") > 3:
+                    over.append(slots.in_flight("a"))
+                slots.release("a")
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert over == [] and slots.in_flight() == 0
+
+
+def test_client_busy_is_a_429_the_sdk_retries_with_retry_after() -> None:
+    response = CLIENT_BUSY.response()
+    assert response.status == 429  # PROTOCOL §2: 408, 429 and 5xx are retried
+    assert dict(response.headers)["retry-after"] == "1"
+    assert json.loads(response.body) == {"error": "client_busy"}
+
+
+@pytest.mark.parametrize(
+    ("client", "trusted", "expected"),
+    [
+        pytest.param("10.0.0.5", (), True, id="private-no-trusted"),
+        pytest.param("127.0.0.1", (), True, id="loopback-no-trusted"),
+        pytest.param("fd00:1::/64", (), True, id="ula-v6"),
+        pytest.param("10.0.0.5", ("10.0.0.0/8",), False, id="trusted-configured"),
+        pytest.param("8.8.8.8", (), False, id="public"),
+        pytest.param(None, (), False, id="unknown"),
+    ],
+)
+def test_looks_like_a_proxy(client: str | None, trusted: tuple[str, ...], expected: bool) -> None:
+    assert looks_like_a_proxy(client, TrustedProxies.parse(trusted)) is expected
+
+
+@pytest.mark.parametrize(
+    ("body_timeout", "expected"),
+    [
+        pytest.param(5.0, UploadDeadlines(body=105.0, total=108.0), id="body-first"),
+        pytest.param(30.0, UploadDeadlines(body=108.0, total=108.0), id="capped-by-total"),
+    ],
+)
+def test_upload_deadlines(body_timeout: float, expected: UploadDeadlines) -> None:  # case 43
+    deadlines = upload_deadlines(100.0, client_body_timeout=body_timeout, upstream_timeout=8.0)
+    assert deadlines == expected
+    assert deadlines.total_left(104.0) == 4.0  # the upstream gets what the body left
+
+
+def test_with_content_length_replaces_any_declared_length() -> None:
+    headers = [("content-type", "application/json"), ("content-length", "99")]
+    assert with_content_length(headers, 42) == [
+        ("content-type", "application/json"),
+        ("content-length", "42"),
+    ]
+    assert with_content_length([], 0) == [("content-length", "0")]

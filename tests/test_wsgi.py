@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -469,26 +470,32 @@ def _local(tmp_path: Path, **kw: Any) -> ReplayWSGIMiddleware:
 EVENTS = [json.dumps({"type": 4, "timestamp": 1735689600000, "data": {"href": "http://t/"}})]
 UPLOAD = json.dumps({"version": 1, "events": EVENTS}).encode()
 TRACK = "/_replay/track?device_id=d&session_id=1735689600000&type=replay"
+INSPECTOR_TOKEN = "wsgi-inspector-token-0123456789"
 
 
 def test_local_mode_config_track_and_inspect(tmp_path: Path) -> None:
-    middleware = _local(tmp_path)
+    middleware = _local(tmp_path, inspector_token=INSPECTOR_TOKEN)
     client = Client(middleware)
-    r = client.get("/_replay/config/local?config_group=browser")
+    # /config and /track answer the inspector's clients only (the token is not asked there).
+    loopback = {"base_url": "http://127.0.0.1", "environ_overrides": {"REMOTE_ADDR": "127.0.0.1"}}
+    r = client.get("/_replay/config/local?config_group=browser", **loopback)
     assert r.get_json() == {"configs": {"sessionReplay": {}}}
     ok = client.post(
-        TRACK, data=UPLOAD, headers={"cookie": "secret=1", "authorization": "Bearer local"}
+        TRACK,
+        data=UPLOAD,
+        headers={"cookie": "secret=1", "authorization": "Bearer local"},
+        **loopback,
     )
     assert ok.status_code == 200
     assert ok.headers["content-length"] == str(len(ok.data))
     assert "cache-control" not in ok.headers  # docs/page-exit.md: no net::ERR_ABORTED
-    big = client.post("/_replay/track", data=b"x" * 2000)
+    big = client.post("/_replay/track", data=b"x" * 2000, **loopback)
     assert big.status_code == 413 and re.search(r"payload.*exceed", big.text, re.I)
-    listing = client.get(
-        "/_replay/inspect",
-        base_url="http://127.0.0.1",
-        environ_overrides={"REMOTE_ADDR": "127.0.0.1"},
-    )
+    assert client.get("/_replay/inspect", **loopback).status_code == 404  # no token yet
+    sign_in = client.get(f"/_replay/inspect?token={INSPECTOR_TOKEN}", **loopback)
+    assert sign_in.status_code == 303 and sign_in.headers["location"] == "/_replay/inspect"
+    assert "HttpOnly" in sign_in.headers["set-cookie"]
+    listing = client.get("/_replay/inspect", **loopback)  # the cookie, from now on
     assert listing.status_code == 200 and b"1735689600000" in listing.data
     assert middleware.engine.store is not None
     [upload] = middleware.engine.store.uploads("d", "1735689600000")
@@ -498,6 +505,7 @@ def test_local_mode_config_track_and_inspect(tmp_path: Path) -> None:
 
 def _chunked_environ(chunks: list[bytes]) -> Environ:
     env = environ(TRACK.split("?")[0], "POST", query_string=TRACK.split("?")[1])
+    env["REMOTE_ADDR"] = "127.0.0.1"  # /track answers the inspector's clients only
     env.pop("CONTENT_LENGTH", None)
     env["HTTP_TRANSFER_ENCODING"] = "chunked"
     env["wsgi.input"] = io.BytesIO(b"".join(chunks))  # the server has decoded the chunks
@@ -574,3 +582,43 @@ def test_startup_warnings_logged_once_by_concurrent_first_requests(
     messages = [r.getMessage() for r in caplog.records if r.name == "replay_middleware"]
     assert len([m for m in messages if "RECORDS NOTHING" in m]) == 1
     assert len(messages) == len(set(messages))
+
+
+# -- local mode: hostile uploads and who may upload (issue 8) ------------------------------------
+
+# Issue 8's shape: a little gzip inflating to a million tiny events (3 MB; the real one, 50 MB).
+BOMB = gzip.compress(b'{"version":1,"events":[' + b"{}," * 1_000_000 + b"{}]}")
+LOOPBACK = {"base_url": "http://127.0.0.1", "environ_overrides": {"REMOTE_ADDR": "127.0.0.1"}}
+
+
+def test_local_track_answers_a_decompression_bomb_413(tmp_path: Path) -> None:
+    middleware = mw(never, local_store_dir=str(tmp_path))
+
+    r = Client(middleware).post(TRACK, data=BOMB, headers={"content-encoding": "gzip"}, **LOOPBACK)
+
+    # The SDK splits a batch answered 413 with this wording (PROTOCOL §2); never a 500.
+    assert r.status_code == 413 and re.search(r"payload.*exceed", r.text, re.I)
+    assert middleware.engine.store is not None and middleware.engine.store.sessions() == []
+    middleware.close()
+
+
+@pytest.mark.parametrize(
+    ("remote_addr", "host"),
+    [
+        pytest.param("10.0.0.5", "127.0.0.1", id="remote-client"),
+        pytest.param("127.0.0.1", "shop.test", id="loopback-foreign-host"),
+    ],
+)
+def test_local_track_and_config_answer_only_the_inspectors_clients(
+    tmp_path: Path, remote_addr: str, host: str
+) -> None:
+    middleware = mw(never, local_store_dir=str(tmp_path))
+    client = Client(middleware)
+    where = {"base_url": f"http://{host}", "environ_overrides": {"REMOTE_ADDR": remote_addr}}
+
+    track = client.post(TRACK, data=UPLOAD, **where)
+    config = client.get("/_replay/config/local?config_group=browser", **where)
+
+    assert (track.status_code, config.status_code) == (404, 404)
+    assert middleware.engine.store is not None and middleware.engine.store.sessions() == []
+    middleware.close()

@@ -1,7 +1,8 @@
 """A tiny WSGI app wrapped in ReplayWSGIMiddleware, served by gunicorn in tests/test_gunicorn.py.
 
 Configured from the environment so the test process can point it at its fake Amplitude:
-``REPLAY_TEST_UPSTREAM`` (base URL of the fake), ``REPLAY_TEST_API_KEY``.
+``REPLAY_TEST_UPSTREAM`` (base URL of the fake), ``REPLAY_TEST_API_KEY``,
+``REPLAY_TEST_BODY_TIMEOUT`` (``client_body_timeout``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def create_app() -> ReplayWSGIMiddleware:
         api_key=os.environ.get("REPLAY_TEST_API_KEY", "0123456789abcdef0123456789abcdef"),
         secret_key="s" * 32,
         sample_rate=1.0,
+        client_body_timeout=float(os.environ.get("REPLAY_TEST_BODY_TIMEOUT", "5")),
     )
     return ReplayWSGIMiddleware(
         shop, config, upstreams=Upstreams.at(upstream) if upstream else None

@@ -31,6 +31,9 @@ ADMIN_PASSWORD = "e2e-admin-Pa55word"
 ADMIN_LAST_ROW = "user199"
 FULL_SNAPSHOT = 2
 WAIT_S = 15.0
+#: The inspector token every example server of the browser suites is given (``inspector_token``
+#: or ``REPLAY_INSPECTOR_TOKEN``): the inspector answers 404 without it.
+INSPECTOR_TOKEN = "e2e-inspector-token-0123456789"
 
 
 def article_path(kb: int) -> str:
@@ -80,6 +83,8 @@ def wait_for_stored_snapshot(base: str, device: str, session: str, text: str) ->
     deadline = time.monotonic() + WAIT_S
     seen: list[int] = []
     with httpx.Client(trust_env=False, timeout=5.0) as client:
+        # ?token= answers a 303 that sets the inspector's cookie; the client keeps it.
+        client.get(f"{url}?token={INSPECTOR_TOKEN}", follow_redirects=True)
         while time.monotonic() < deadline:
             response = client.get(url)
             if response.status_code == 200:
@@ -96,7 +101,7 @@ def assert_player_shows(
 ) -> None:
     """The inspector's session page replays the snapshot: ``text`` is in the player's frame
     (after "Replay from here" on the last visited page whose URL holds ``from_page``)."""
-    page.goto(f"{base}/_replay/inspect/{device}/{session}")
+    page.goto(f"{base}/_replay/inspect/{device}/{session}?token={INSPECTOR_TOKEN}")
     page.wait_for_function("() => window.__replayInspector", timeout=WAIT_S * 1000)
     if from_page is not None:
         row = page.locator("table.stays tbody tr").filter(

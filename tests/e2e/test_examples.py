@@ -35,6 +35,7 @@ from tests.e2e.django_server import DjangoServers
 from tests.e2e.real_pages import (
     ADMIN_LAST_ROW,
     ARTICLE_KB,
+    INSPECTOR_TOKEN,
     STAYS,
     admin_sign_in,
     article_path,
@@ -51,7 +52,11 @@ pytestmark = pytest.mark.e2e
 WAIT_MS = 10_000
 PROPS = "() => window.replayMiddleware && window.replayMiddleware.getSessionReplayProperties()"
 NOT_RECORDING = f"() => JSON.stringify({PROPS[6:]}) === '{{}}'"
-DEFAULTS: dict[str, Any] = {"sample_rate": 1.0, "exclude": ("/account/billing",)}
+DEFAULTS: dict[str, Any] = {
+    "sample_rate": 1.0,
+    "exclude": ("/account/billing",),
+    "inspector_token": INSPECTOR_TOKEN,
+}
 
 # Checks of the ``/manual`` page (the snippet placed by the app's template):
 SESSION = "session"  # the SDK records there with the cookie's session id
@@ -104,7 +109,7 @@ def fresh_dir(parent: Path) -> Path:
 
 def _django_env(store: Path, overrides: dict[str, Any]) -> dict[str, str]:
     """``REPLAY_*`` variables for ``overrides`` (coerced by the example's settings)."""
-    env = {"REPLAY_LOCAL_STORE_DIR": str(store)}
+    env = {"REPLAY_LOCAL_STORE_DIR": str(store), "REPLAY_INSPECTOR_TOKEN": INSPECTOR_TOKEN}
     for key, value in overrides.items():
         text = value if isinstance(value, str) else json.dumps(value)
         env[f"REPLAY_{key.upper()}"] = text

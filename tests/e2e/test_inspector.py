@@ -6,7 +6,8 @@ middleware), answers the SDK's config request as local mode does, stores every u
 page (an ``autofocus`` input, typing, a click that adds text and another ``autofocus`` input,
 a client-side navigation, a ``pagehide``: its tail arrives twice, by fetch and by beacon), then
 the inspector's session page must replay it under its own CSP with zero violations and no
-"Blocked autofocusing" console noise, and list both pages of the visit. The session page's
+"Blocked autofocusing" console noise, and list both pages of the visit. The browser opens the
+inspector as its user does: the URL with ``?token=`` once, then every page through the cookie. The session page's
 screenshot is written to ``.cache/screenshots/``.
 """
 
@@ -35,6 +36,7 @@ from replay_middleware.local_store import LocalStore
 pytestmark = pytest.mark.e2e
 
 PREFIX = "/_replay"
+TOKEN = "e2e-inspector-token-0123456789"
 WAIT_S = 15.0
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".cache" / "screenshots"
 
@@ -87,7 +89,7 @@ class RecordingApp:
         self.sdk = sdk
         self.device = device
         self.session = session
-        self.inspector = Inspector(store, PREFIX)
+        self.inspector = Inspector(store, PREFIX, token=TOKEN)
         self.page_url = ""
 
     def app(self) -> Starlette:
@@ -182,6 +184,12 @@ def session_url(base: str, lab: RecordingApp) -> str:
     return f"{base}{PREFIX}/inspect/{quote(lab.device, safe='')}/{lab.session}"
 
 
+def sign_in(page: Page, base: str) -> None:
+    """Open the inspector with its token: the browser keeps the cookie for what follows."""
+    response = page.goto(f"{base}{PREFIX}/inspect?token={TOKEN}")
+    assert response is not None and response.status == 200
+
+
 def test_recording_is_stored_once_with_its_page(
     recorded: tuple[str, RecordingApp], store: LocalStore
 ) -> None:
@@ -218,8 +226,24 @@ def test_session_page_replays_the_recording_without_csp_violations(
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.set_viewport_size({"width": 1280, "height": 1000})
 
-    listing = page.goto(base + PREFIX + "/inspect")
+    # Without the token: the plain 404, as for anyone not allowed.
+    refused = page.goto(base + PREFIX + "/inspect")
+    assert refused is not None and refused.status == 404
+    console.clear()  # chromium logs the 404; what follows must log nothing
+    # The URL the start-up log prints: a 303 sets the cookie and drops the token from the URL.
+    listing = page.goto(f"{base}{PREFIX}/inspect?token={TOKEN}")
     assert listing is not None and listing.status == 200
+    assert page.url == base + PREFIX + "/inspect"
+    redirect = listing.request.redirected_from
+    assert redirect is not None and redirect.url.endswith("?token=" + TOKEN)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == lab.inspector.cookie_name]
+    assert (cookie["value"], cookie["path"], cookie["httpOnly"], cookie["sameSite"]) == (
+        TOKEN,
+        PREFIX + "/inspect",
+        True,
+        "Strict",
+    )
+    assert page.evaluate("() => document.cookie").find(lab.inspector.cookie_name) == -1
     assert listing.headers["content-security-policy"] == INSPECTOR_CSP
     row = page.locator("table.sessions tbody tr")
     assert row.count() == 1
@@ -255,6 +279,7 @@ def test_session_page_lists_the_pages_and_replays_from_one(
     recorded: tuple[str, RecordingApp], page: Page
 ) -> None:
     base, lab = recorded
+    sign_in(page, base)
     page.goto(session_url(base, lab))
     page.wait_for_function("() => window.__replayInspector", timeout=WAIT_S * 1000)
 
@@ -279,6 +304,7 @@ def test_session_page_lists_the_pages_and_replays_from_one(
 
 def test_events_json_is_one_click_away(recorded: tuple[str, RecordingApp], page: Page) -> None:
     base, lab = recorded
+    sign_in(page, base)
     page.goto(session_url(base, lab))
     with page.expect_navigation():
         page.click("text=events.json")
@@ -288,6 +314,29 @@ def test_events_json_is_one_click_away(recorded: tuple[str, RecordingApp], page:
 
 def test_missing_session_is_a_404_page(recorded: tuple[str, RecordingApp], page: Page) -> None:
     base, lab = recorded
+    sign_in(page, base)
     response = page.goto(f"{base}{PREFIX}/inspect/{lab.device}/1")
     assert response is not None and response.status == 404
     assert "Session not found" in page.content()
+
+
+def test_token_link_on_another_site_opens_the_inspector(
+    store: LocalStore, sdk_bundle: bytes, live_server: Callable[[Any], str], page: Page
+) -> None:
+    # The start-up URL clicked on another site (a web chat, a CI log): the browser sends no
+    # SameSite=Strict cookie on a redirect of that navigation, nor on reloads of it.
+    lab = RecordingApp(store, sdk_bundle, str(uuid.uuid4()), int(time.time() * 1000))
+    base = live_server(lab.app())
+    other_site = base.replace("127.0.0.1", "localhost")  # another host: another site
+    page.goto(other_site + "/sdk.js")  # a document with no recorder in it
+    link = f"{base}{PREFIX}/inspect?token={TOKEN}"
+    page.evaluate(
+        "(url) => { const a = document.createElement('a'); a.href = url; a.id = 'open';"
+        " a.textContent = 'inspector'; document.body.prepend(a); }",
+        link,
+    )
+    page.click("#open")
+    page.wait_for_url(base + PREFIX + "/inspect")
+    assert "No sessions recorded yet" in page.content()
+    reloaded = page.reload()
+    assert reloaded is not None and reloaded.status == 200

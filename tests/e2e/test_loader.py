@@ -29,6 +29,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from replay_middleware.routes import RouteRules
+
 pytestmark = pytest.mark.e2e
 
 LOADER = Path(__file__).resolve().parents[2] / "static" / "loader.js"
@@ -36,7 +38,8 @@ API_KEY = "0123456789abcdef"
 NONCE = "dGVzdC1ub25jZS0xMjM0NTY3OA"
 COOKIE = "replay_id"
 OPT_OUT_COOKIE = "replay_id_optout"
-EXCLUDE_BILLING = [{"source": "^/account/billing(?:/.*)?$", "flags": ""}]
+#: The rule "/account/billing" exactly as the server exports it (routes.py).
+EXCLUDE_BILLING = RouteRules(("/account/billing",), None).to_js()["exclude"]
 PROPS_KEY = "[Amplitude] Session Replay ID"
 WAIT_S = 10.0
 
@@ -506,6 +509,26 @@ def test_entering_an_excluded_route_shuts_down_and_leaving_starts_again(
     page.evaluate("() => new Promise((done) => setTimeout(done, 50))")  # let a stray init run
     assert sr_calls(page) == ["init", "shutdown", "init"]
     assert lab.sdk_requests == 1  # loaded once, initialised twice
+    assert page_errors == []
+
+
+def test_encoded_control_characters_and_doubled_slashes_do_not_dodge_an_excluded_route(
+    lab: Lab, serve: str, page: Page, spy: None, page_errors: list[str]
+) -> None:  # issue 8, item 4: the exported rule, in a real browser, as the server decides
+    lab.config = page_config(ids=fresh_ids(), exclude=EXCLUDE_BILLING)
+    page.goto(serve + "/dashboard")
+    wait_recording(page)
+    expected = ["init"]
+    for inside in ("/account/billing%0A", "/account/billing/%0D%0Ax", "/account//billing"):
+        page.evaluate(f"() => history.pushState({{}}, '', {json.dumps(inside)})")
+        expected.append("shutdown")
+        assert sr_calls(page) == expected, inside
+        page.evaluate("() => history.pushState({}, '', '/dashboard')")
+        expected.append("init")  # once the (cached) SDK promise has settled
+        page.wait_for_function(f"() => window.__srCalls.length === {len(expected)}")
+        assert sr_calls(page) == expected
+    page.evaluate("() => history.pushState({}, '', '/account/billing%C3%A9')")  # a sibling
+    assert sr_calls(page) == expected
     assert page_errors == []
 
 

@@ -26,6 +26,7 @@ from tests.e2e.django_server import DjangoServers
 from tests.e2e.real_pages import (
     ADMIN_LAST_ROW,
     ARTICLE_KB,
+    INSPECTOR_TOKEN,
     STAYS,
     admin_sign_in,
     article_path,
@@ -213,7 +214,10 @@ def test_local_mode_session_appears_in_the_inspector(
     live_server: Callable[[Any], str], page: Page, tmp_path: Path
 ) -> None:
     config = ReplayConfig(
-        sample_rate=1.0, exclude=("/account/billing",), local_store_dir=str(tmp_path)
+        sample_rate=1.0,
+        exclude=("/account/billing",),
+        local_store_dir=str(tmp_path),
+        inspector_token=INSPECTOR_TOKEN,
     )
     base = live_server(create_fastapi_app(config))
     record_sign_in(page, base)
@@ -222,7 +226,8 @@ def test_local_mode_session_appears_in_the_inspector(
     deadline_ok = False
     for _ in range(60):
         page.wait_for_timeout(250)
-        listing = page.request.get(base + "/_replay/inspect")
+        # ?token= redirects without it and leaves the cookie in the browser context.
+        listing = page.request.get(f"{base}/_replay/inspect?token={INSPECTOR_TOKEN}")
         if str(session).encode() in listing.body():
             deadline_ok = True
             break
