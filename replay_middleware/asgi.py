@@ -14,6 +14,7 @@ exceptions propagate unchanged; any exception of ours sends the app's original r
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ import anyio.to_thread
 from .config import ReplayConfig
 from .context import reset_current, set_current
 from .decision import ReplayContext
-from .engine import HttpResponse, ReplayEngine, RequestState, encode_headers
+from .engine import HttpResponse, ReplayEngine, RequestState, encode_headers, many_workers
 from .proxy import (
     DEFAULT_UPSTREAMS,
     ENDPOINT_UNAVAILABLE,
@@ -81,6 +82,8 @@ class ReplayMiddleware:
         self.app = app
         self.config = config or ReplayConfig()
         self.engine = ReplayEngine(self.config)
+        #: ASGI has no ``wsgi.multiprocess``: WEB_CONCURRENCY is the only sign of workers.
+        self._many_workers = many_workers(os.environ)
         self.sdk = AsyncSdkProvider(self.config.sdk_version)
         self._prefix_slash = self.engine.prefix + "/"
         #: With an API key: the upload proxy, which also keeps the project's remote config
@@ -100,6 +103,7 @@ class ReplayMiddleware:
             await self.app(scope, receive, send)
             return
         self.engine.announce()  # the start-up warnings, on the first request only
+        self.engine.check_workers(self._many_workers)
         path = scope.get("path", "")
         if path == self.engine.prefix or path.startswith(self._prefix_slash):
             if self._proxying and await self._proxy(

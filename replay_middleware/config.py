@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 if TYPE_CHECKING:
     from .request import RequestInfo
 
-__all__ = ["DEFAULT_INJECT_STATUS", "SDK_OPTIONS", "ReplayConfig", "RouteRule"]
+__all__ = [
+    "BLOCKED_PREFIX_PATTERNS",
+    "DEFAULT_INJECT_STATUS",
+    "SDK_OPTIONS",
+    "ReplayConfig",
+    "RouteRule",
+]
 
 #: A route rule: a glob string ("/admin/*"), a compiled regex, or a predicate
 #: ``(path, request_info) -> bool``.
@@ -87,9 +93,44 @@ _PRIVACY_KEYS = {
 }
 _SAMESITE = ("Lax", "Strict", "None")
 _CLIENT_IP = ("mask", "full", "drop")
-# Ad-blocker filter lists match paths containing these words (EasyPrivacy has rules such as
-# "/amplitude." and "/analytics/"); warn when a prefix contains one (SPEC O4).
-_BLOCKED_WORDS = ("amplitude", "analytics", "track", "replay-browser", "telemetry", "beacon")
+#: Path patterns that the common ad-block filter lists (EasyPrivacy, uBlock Origin's "uBlock
+#: filters – Privacy", AdGuard Tracking Protection) match on first-party URLs; a ``prefix``
+#: containing one gets the loader, the SDK and the uploads blocked for many visitors, so it
+#: triggers a start-up warning (SPEC O4). Matched case-insensitively against
+#: ``prefix + "/"``, so a pattern ending in "/" matches a whole segment.
+#:
+#: ===================  ==================================================================
+#: pattern              typical list rule it stands for
+#: ===================  ==================================================================
+#: ``amplitude``        ``/amplitude.``, ``/amplitude-``, ``||amplitude.com^`` (the vendor)
+#: ``analytics``        ``/analytics/``, ``/analytics.js``, ``_analytics.``
+#: ``track``            ``/track/``, ``/tracking/``, ``/tracker.``, ``/trackevent``
+#: ``telemetry``        ``/telemetry/``, ``/telemetry.``
+#: ``beacon``           ``/beacon/``, ``/beacon.``, ``/beacons/``
+#: ``/collect``         ``/collect?``, ``/collect/``, ``/collector/`` (GA-style collectors)
+#: ``replay-browser``   ``session-replay-browser`` (the SDK bundle's own file name)
+#: ``session-replay``   ``/session-replay/``, ``sessionreplay``-style vendor paths
+#: ``sessionreplay``    (same, without the dash)
+#: ``/sr/``             ``/sr/`` segments (session-recording collectors)
+#: ``/stats/``          ``/stats/``, ``/stats.`` (generic hit counters)
+#: ``/metrics/``        ``/metrics/`` collectors
+#: ===================  ==================================================================
+#:
+#: The default ``/_replay`` matches none of them; nor does a neutral name such as ``/_rm``.
+BLOCKED_PREFIX_PATTERNS: tuple[str, ...] = (
+    "amplitude",
+    "analytics",
+    "track",
+    "telemetry",
+    "beacon",
+    "/collect",
+    "replay-browser",
+    "session-replay",
+    "sessionreplay",
+    "/sr/",
+    "/stats/",
+    "/metrics/",
+)
 
 
 class _ModeDefaultRate(float):
@@ -141,7 +182,7 @@ class ReplayConfig:
     cookie_samesite: str = "Lax"
     device_max_age: int = 365 * 24 * 3600
     session_timeout: int = 30 * 60
-    secret_key: str | None = None
+    secret_key: str | Sequence[str] | None = None  # stored as a tuple, oldest first
     identify: Callable[[RequestInfo], tuple[str, int] | None] | None = None
     # Privacy
     privacy: Mapping[str, Any] = field(default_factory=dict)
@@ -283,10 +324,8 @@ class ReplayConfig:
                 "ReplayConfig: client_body_timeout must be seconds in (0, 60] "
                 f"(got {self.client_body_timeout!r})"
             )
-        if self.secret_key is not None and (
-            not isinstance(self.secret_key, str) or len(self.secret_key) < 16
-        ):
-            raise ValueError("ReplayConfig: secret_key must be a string of at least 16 characters")
+        if self.secret_key is not None:
+            set_(self, "secret_key", _secret_keys(self.secret_key))
         for name in ("identify", "consent", "force_sample", "should_record"):
             _callable_or_none(name, getattr(self, name))
         set_(self, "privacy", _privacy(self.privacy))
@@ -366,6 +405,18 @@ class ReplayConfig:
     # -- derived values ------------------------------------------------------------------
 
     @property
+    def secret_keys(self) -> tuple[str, ...]:
+        """The signing keys, oldest first (empty without ``secret_key``): cookies are signed
+        with the last and verified with any (key rotation)."""
+        keys = self.secret_key
+        return keys if isinstance(keys, tuple) else ()
+
+    @property
+    def signing_key(self) -> str | None:
+        """The newest ``secret_key``: it signs cookies and derives the inspector token."""
+        return self.secret_keys[-1] if self.secret_keys else None
+
+    @property
     def local_mode(self) -> bool:
         """No API key: uploads stay on this machine (SPEC L1)."""
         return self.api_key is None
@@ -380,6 +431,12 @@ class ReplayConfig:
         """``sample_rate`` was not given (constructor argument, ``REPLAY_SAMPLE_RATE``, a
         settings key), so it is the mode's default: 1.0 in local mode, 0.0 with an api_key."""
         return isinstance(self.sample_rate, _ModeDefaultRate)
+
+    @property
+    def blocked_prefix_patterns(self) -> tuple[str, ...]:
+        """The ``BLOCKED_PREFIX_PATTERNS`` that ``prefix`` contains (empty: none)."""
+        lowered = self.prefix.lower() + "/"
+        return tuple(p for p in BLOCKED_PREFIX_PATTERNS if p in lowered)
 
     def startup_warnings(self) -> list[str]:
         """Human-readable warnings for the start-up log (SPEC O4); the middleware logs them
@@ -408,13 +465,13 @@ class ReplayConfig:
                     "sample_rate is 0: no session will be recorded unless the project's remote "
                     "config sets a sample rate"
                 )
-        lowered = self.prefix.lower()
-        for word in _BLOCKED_WORDS:
-            if word in lowered:
-                warnings.append(
-                    f"prefix {self.prefix!r} contains {word!r}, which ad-blocker lists match; "
-                    "choose a neutral prefix"
-                )
+        blocked = self.blocked_prefix_patterns
+        if blocked:
+            warnings.append(
+                f"prefix {self.prefix!r} contains {', '.join(map(repr, blocked))}, which "
+                "ad-blocker lists (EasyPrivacy, uBlock Origin) match: many visitors will load "
+                "no recorder and send nothing; choose a neutral prefix such as '/_replay'"
+            )
         return warnings
 
     # -- constructors --------------------------------------------------------------------
@@ -448,7 +505,9 @@ class ReplayConfig:
 
         Lists (``REPLAY_EXCLUDE``, ``REPLAY_INCLUDE``, ``REPLAY_TRUSTED_PROXIES``) are
         comma-separated; mappings (``REPLAY_PRIVACY``, ``REPLAY_SDK_OPTIONS``,
-        ``REPLAY_ROUTE_MASK_LEVELS``) are JSON. Callables cannot come from the environment.
+        ``REPLAY_ROUTE_MASK_LEVELS``) are JSON. ``REPLAY_SECRET_KEY`` is one key, or several
+        as a JSON array, newest last (``'["old...", "new..."]'``): keys may hold any character,
+        so no separator would be safe. Callables cannot come from the environment.
         Variables with the prefix that name no option raise ``ValueError``.
         """
         if environ is None:
@@ -528,9 +587,38 @@ def _coerce(key: str, value: str) -> Any:
             raise ValueError(
                 f"ReplayConfig: inject_status must be comma-separated status codes (got {value!r})"
             ) from None
+    if key == "secret_key" and value.strip().startswith("["):
+        # Several keys (rotation): a JSON array, newest last. Keys may hold any character, so
+        # no separator is safe, and a plain string must keep meaning one key.
+        try:
+            keys = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"ReplayConfig: secret_key starting with '[' must be a JSON array of keys ({exc})"
+            ) from None
+        return tuple(keys)  # a JSON text starting with "[" is an array
     if key in _OPTIONAL_STR:
         return value.strip() or None
     return value.strip()
+
+
+def _secret_keys(value: object) -> tuple[str, ...]:
+    """``secret_key`` as a tuple of keys, oldest first: one string, or a non-empty sequence of
+    them with the newest last; each at least 16 characters. Messages never echo a key."""
+    keys = (value,) if isinstance(value, str) else value
+    if isinstance(keys, (bytes, bytearray)) or not isinstance(keys, Sequence) or not keys:
+        raise ValueError(
+            "ReplayConfig: secret_key must be a string of at least 16 characters, or a "
+            "non-empty sequence of them with the newest last (key rotation)"
+        )
+    for index, key in enumerate(keys):
+        if not isinstance(key, str) or len(key) < 16:
+            where = "secret_key" if isinstance(value, str) else f"secret_key[{index}]"
+            got = f"{len(key)} characters" if isinstance(key, str) else type(key).__name__
+            raise ValueError(
+                f"ReplayConfig: {where} must be a string of at least 16 characters (got {got})"
+            )
+    return tuple(keys)
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -16,7 +16,8 @@ Settings (one dict, read once when Django builds the middleware)::
     REPLAY_MIDDLEWARE = {"api_key": "...", "sample_rate": 0.1, "exclude": ["/admin/*"]}
 
 Keys are ``ReplayConfig`` option names. Without ``secret_key`` the identity cookie is signed
-with a key derived from ``settings.SECRET_KEY``.
+with a key derived from ``settings.SECRET_KEY`` (and verified also with keys derived from
+``settings.SECRET_KEY_FALLBACKS``, so rotating Django's secret keeps visitors' ids).
 
 Per request:
 
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from http.cookies import SimpleCookie
@@ -69,7 +71,7 @@ from .config import ReplayConfig
 from .context import reset_current, set_current
 from .csp import new_nonce
 from .decision import ReplayContext
-from .engine import HttpResponse, ReplayEngine, RequestState
+from .engine import HttpResponse, ReplayEngine, RequestState, many_workers
 from .identity import derive_secret_key
 from .proxy import ENDPOINT_UNAVAILABLE, RemoteSampling, sdk_unavailable
 from .request import RequestInfo
@@ -112,7 +114,9 @@ def config_from_settings() -> ReplayConfig:
     """``ReplayConfig`` from ``settings.REPLAY_MIDDLEWARE``; ``ValueError`` when it is bad.
 
     Without a ``secret_key`` option the cookie signing key is derived from ``SECRET_KEY``
-    (an HMAC with a purpose string, so the project's key itself is never used as is).
+    (an HMAC with a purpose string, so the project's key itself is never used as is), and
+    older keys from ``SECRET_KEY_FALLBACKS`` (Django 4.1), so cookies signed before a rotation
+    are still accepted, then re-issued under the new key.
     """
     raw = getattr(settings, SETTING, None)
     if raw is None:
@@ -125,7 +129,10 @@ def config_from_settings() -> ReplayConfig:
     keys = {str(k).lower().removeprefix("replay_") for k in data}
     secret = getattr(settings, "SECRET_KEY", "")
     if "secret_key" not in keys and secret:
-        data["secret_key"] = derive_secret_key(str(secret))
+        fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", None) or ()
+        data["secret_key"] = tuple(
+            derive_secret_key(str(raw)) for raw in (*fallbacks, secret) if raw
+        )
     return ReplayConfig.from_mapping(data)
 
 
@@ -249,6 +256,7 @@ class ReplayMiddleware:
         except ValueError as exc:
             raise ImproperlyConfigured(f"{SETTING}: {exc}") from exc
         self.engine = ReplayEngine(self.config)
+        self._many_workers = many_workers(os.environ)  # ASGI has no wsgi.multiprocess (O4)
         self.sdk = SdkProvider(self.config.sdk_version)
         self.async_sdk = AsyncSdkProvider(self.config.sdk_version)
         #: With an API key: the upload proxy, which also keeps the project's remote config
@@ -302,6 +310,7 @@ class ReplayMiddleware:
         if self._steps_aside(request):
             return get_response(request)
         self.engine.announce()  # the start-up warnings, on the first request only
+        self.engine.check_workers(request.META.get("wsgi.multiprocess") or self._many_workers)
         if self.engine.is_endpoint(request.path):
             sub = self._proxied(request.path)
             if sub is not None:
@@ -408,6 +417,7 @@ class ReplayMiddleware:
         if self._steps_aside(request):
             return await get_response(request)
         self.engine.announce()
+        self.engine.check_workers(request.META.get("wsgi.multiprocess") or self._many_workers)
         if self.engine.is_endpoint(request.path):
             sub = self._proxied(request.path)
             if sub is not None:

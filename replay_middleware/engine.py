@@ -20,7 +20,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs
@@ -94,11 +94,17 @@ class RequestState:
 @dataclass
 class _LogOnce:
     seen: set[str] = field(default_factory=set)
+    # Concurrent requests of a threaded server may hit the same key: exactly one logs.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __call__(self, key: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
-        if key not in self.seen:
+        if key in self.seen:  # the common case: one set lookup, no lock
+            return
+        with self._lock:
+            if key in self.seen:
+                return
             self.seen.add(key)
-            logger.log(level, msg, *args)
+        logger.log(level, msg, *args)
 
 
 class _StartupNotices:
@@ -135,8 +141,10 @@ class ReplayEngine:
         self.log_once = _LogOnce()
         self.routes = RouteRules(config.exclude, config.include)
         notices: list[str] = []
-        secret = config.secret_key
-        if secret is None:
+        secret: str | tuple[str, ...] = config.secret_keys
+        #: Cookies are signed with a random key of this process (local mode, no secret_key).
+        self.random_secret = not secret
+        if not secret:
             # Local mode only (ReplayConfig refuses an api_key without a secret).
             secret = secrets.token_urlsafe(32)
             notices.append(
@@ -162,6 +170,8 @@ class ReplayEngine:
         self.sdk_path = f"{prefix}/sdk/{config.sdk_version}.js"
 
         origin = config.public_origin
+        #: The scheme requests should arrive with, from ``public_origin`` (O4).
+        self._origin_scheme = origin.partition("://")[0] if origin else None
         first_party_source = f"{origin}{prefix}/" if origin else "'self'"
         #: The SDK talks to our first-party endpoints (local mode, or the upload proxy) ...
         self.first_party = config.local_mode or config.upload_mode == "proxy"
@@ -224,7 +234,7 @@ class ReplayEngine:
             self.store = LocalStore(config.local_store_dir, max_bytes=config.local_store_max_bytes)
             # The token is printed here (local mode only, where the inspector exists); with a
             # secret_key every process derives the same one (docs/inspector.md).
-            token = inspector_token_for(config.inspector_token, config.secret_key)
+            token = inspector_token_for(config.inspector_token, config.signing_key)
             self.inspector = Inspector(
                 self.store, prefix, token=token, allow=config.inspector_allow
             )
@@ -265,11 +275,41 @@ class ReplayEngine:
         the SDK decides per session by rules the server cannot evaluate, so every session that
         passes the other checks gets the recorder and the SDK makes the final call.
         """
+        if self._origin_scheme is not None and request.scheme != self._origin_scheme:
+            self._scheme_mismatch(request.scheme)
         identity = resolve_identity(request, self.config, self.codec, self.now_ms())
         ctx = decide(request, identity.identity, self.config, self.routes, **_remote_args(remote))
         if identity.event:
             logger.debug("identity: %s (source %s)", identity.event, identity.identity.source)
         return RequestState(request, ctx, identity, self._is_secure(request))
+
+    def _scheme_mismatch(self, scheme: str) -> None:
+        # O4: behind a TLS-terminating proxy the server must be told the original scheme,
+        # else cookie_secure="auto" and the CSP sources disagree with the browser's origin.
+        self.log_once(
+            "origin_scheme",
+            "replay-middleware: public_origin is %s but a request arrived as %s: if a proxy "
+            "terminates TLS, have the server trust its X-Forwarded-Proto (uvicorn "
+            "--forwarded-allow-ips, gunicorn forwarded_allow_ips, werkzeug ProxyFix, Django "
+            "SECURE_PROXY_SSL_HEADER); otherwise fix public_origin",
+            self.config.public_origin,
+            scheme,
+        )
+
+    def check_workers(self, multiprocess: object) -> None:
+        """O4: warn once when a multi-process server runs on a random per-process key.
+
+        ``multiprocess``: the adapter's best knowledge that other worker processes serve the
+        same site: WSGI's ``wsgi.multiprocess`` (gunicorn, uWSGI, mod_wsgi set it when they
+        run more than one worker), or ``WEB_CONCURRENCY`` above 1 (see ``many_workers``).
+        """
+        if multiprocess and self.random_secret:
+            self.log_once(
+                "multiprocess_secret",
+                "replay-middleware: no secret_key: each worker process signs cookies with its "
+                "own random key, so visitors get new ids whenever a request lands on another "
+                "worker; set secret_key",
+            )
 
     def _is_secure(self, request: RequestInfo) -> bool:
         if self.config.cookie_secure == "auto":
@@ -490,6 +530,17 @@ class ReplayEngine:
         # until the worker dies, then lists the upload as failed (net::ERR_ABORTED) although
         # it arrived (docs/page-exit.md).
         return HttpResponse(200, [_JSON, *self.upload_cookie(request)], b'{"code":200}')
+
+
+def many_workers(environ: Mapping[str, str]) -> bool:
+    """Whether ``WEB_CONCURRENCY`` (an environment mapping) asks for more than one worker.
+
+    It is the default of both ``uvicorn --workers`` and gunicorn's ``--workers``, and
+    platforms (Heroku, Render, Dokku) set it; ASGI has no ``wsgi.multiprocess`` flag, so this
+    is the only reliable sign. A ``--workers N`` given on the command line alone is not seen.
+    """
+    raw = environ.get("WEB_CONCURRENCY", "").strip()
+    return raw.isdigit() and int(raw) > 1
 
 
 def _remote_args(remote: RemoteSampling | None) -> dict[str, Any]:

@@ -4,8 +4,8 @@ What it adds over wrapping ``app.wsgi_app`` by hand (SPEC F2; STYLE 15):
 
 - configuration from ``app.config``: every ``REPLAY_*`` key goes to
   ``ReplayConfig.from_mapping`` (a bad key or value raises ``ValueError`` at ``init_app``), and
-  ``secret_key`` defaults to a key derived from the app's ``SECRET_KEY`` of any length (an
-  HMAC, as the Django integration does);
+  ``secret_key`` defaults to keys derived from the app's ``SECRET_KEY`` of any length (an
+  HMAC, as the Django integration does) and its ``SECRET_KEY_FALLBACKS`` (key rotation);
 - ``app.wsgi_app`` wrapped in :class:`~replay_middleware.wsgi.ReplayWSGIMiddleware`, outside
   every Flask hook, so the middleware sees the final response headers: flask-talisman sets its
   CSP in an ``after_request`` hook, which runs *inside* the WSGI app (notes/csp.md (c));
@@ -148,13 +148,19 @@ def config_from_flask(settings: Mapping[str, Any], secret_key: object = None) ->
     Without ``REPLAY_SECRET_KEY`` the cookie signing key is derived from ``secret_key`` (the
     app's ``SECRET_KEY``, ``str`` or ``bytes``, any length) as Django's integration does: an
     HMAC with a purpose string, so the app's key itself is never used as is and two processes
-    with the same ``SECRET_KEY`` accept each other's cookies. A missing or empty
+    with the same ``SECRET_KEY`` accept each other's cookies. Flask's ``SECRET_KEY_FALLBACKS``
+    (old keys, Flask 3.1) are derived too, as older keys: cookies signed under them are still
+    accepted and re-issued under ``SECRET_KEY`` (key rotation). A missing or empty
     ``SECRET_KEY`` leaves ``secret_key`` unset: local mode then signs with a random
     per-process key and says so on the first request; with an ``api_key`` it is an error.
     """
     data = {k: v for k, v in settings.items() if k.startswith(CONFIG_PREFIX)}
     key = f"{CONFIG_PREFIX}SECRET_KEY"
     if key not in data and secret_key:
-        raw = secret_key if isinstance(secret_key, (str, bytes)) else str(secret_key)
-        data[key] = derive_secret_key(raw)
+        fallbacks = settings.get("SECRET_KEY_FALLBACKS") or ()
+        data[key] = tuple(
+            derive_secret_key(raw if isinstance(raw, (str, bytes)) else str(raw))
+            for raw in (*fallbacks, secret_key)
+            if raw
+        )
     return ReplayConfig.from_mapping(data)

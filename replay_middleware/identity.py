@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
@@ -88,6 +89,9 @@ class IdentityResult:
     write_cookie: bool
     #: Why a fresh identity or session was started (debug logging, tests), or None.
     event: str | None = None
+    #: Our cookie verified with an older ``secret_key`` (rotation): ``write_cookie`` is then
+    #: set, so the next page that may carry a cookie re-issues it signed with the newest.
+    old_key: bool = False
 
 
 def derive_secret_key(app_secret: str | bytes) -> str:
@@ -107,16 +111,24 @@ class IdentityCodec:
     """Signs and reads our identity cookie value: ``device.session.last.signature``.
 
     The format is itsdangerous' ``Signer`` (HMAC-SHA1 over a key derived from the secret and a
-    salt, base64url signature); the derived key is computed once and the HMAC is the one-shot
+    salt, base64url signature); the derived keys are computed once and the HMAC is the one-shot
     C implementation, since this runs on every request.
+
+    ``secret_key`` is one key or several, newest last, as itsdangerous takes them: values are
+    signed with the newest and verified with each key in turn, newest first, so a fleet can
+    rotate its secret without losing its visitors' device ids (``read`` says which matched).
     """
 
-    def __init__(self, secret_key: str) -> None:
+    def __init__(self, secret_key: str | Sequence[str]) -> None:
         signer = Signer(secret_key, salt="replay-middleware.identity.v1")
-        self._key = signer.derive_key()
+        if not signer.secret_keys:
+            raise ValueError("IdentityCodec needs at least one secret key")
+        # Newest first: the common case (a cookie we signed lately) costs one HMAC.
+        self._keys = tuple(signer.derive_key(key) for key in reversed(signer.secret_keys))
+        self._key = self._keys[0]
 
-    def _signature(self, payload: bytes) -> bytes:
-        return base64_encode(hmac.digest(self._key, payload, "sha1"))
+    def _signature(self, payload: bytes, key: bytes | None = None) -> bytes:
+        return base64_encode(hmac.digest(key or self._key, payload, "sha1"))
 
     def dumps(self, identity: Identity) -> str:
         payload = f"{identity.device_id}.{identity.session_id}.{identity.last_activity}".encode(
@@ -126,16 +138,31 @@ class IdentityCodec:
 
     def loads(self, value: str) -> Identity | None:
         """The identity in ``value``, or None when it is malformed or its signature is bad."""
+        read = self.read(value)
+        return read[0] if read is not None else None
+
+    def read(self, value: str) -> tuple[Identity, bool] | None:
+        """``loads``, plus whether ``value`` was signed with an older key than the newest
+        (it should be re-issued); None when it is malformed or no key's signature matches."""
         if not value or len(value) > _MAX_COOKIE_CHARS or not value.isascii():
             return None
         payload, sep, signature = value.encode("ascii").rpartition(b".")
         if not sep:
             return None
         try:
-            expected = base64_decode(self._signature(payload))
-            if not hmac.compare_digest(base64_decode(signature), expected):
-                return None
+            given = base64_decode(signature)
         except Exception:  # malformed base64: a bad signature
+            return None
+        # A constant-time comparison per key; which key matched is no secret.
+        matched = next(
+            (
+                index
+                for index, key in enumerate(self._keys)
+                if hmac.compare_digest(given, base64_decode(self._signature(payload, key)))
+            ),
+            None,
+        )
+        if matched is None:
             return None
         parts = payload.decode("ascii").split(".")
         if len(parts) != 3 or not _OUR_DEVICE_ID.fullmatch(parts[0]):
@@ -144,7 +171,7 @@ class IdentityCodec:
             parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()
         ):
             return None
-        return Identity(parts[0], int(parts[1]), int(parts[2]), "cookie")
+        return Identity(parts[0], int(parts[1]), int(parts[2]), "cookie"), matched > 0
 
 
 def _plausible_session(value: object, now_ms: int) -> int | None:
@@ -235,9 +262,12 @@ def resolve_identity(
     """
     cookies = dict(request.cookies)
     own_raw = cookies.get(config.cookie_name)
-    own = codec.loads(own_raw) if own_raw else None
+    read = codec.read(own_raw) if own_raw else None
+    own, old_key = read if read is not None else (None, False)
     if own_raw and own is None:
         logger.debug("identity cookie rejected (malformed or bad signature); minting a new one")
+    elif old_key:
+        logger.debug("identity cookie signed with an older secret_key; re-issuing it")
     timeout_ms = config.session_timeout * 1000
 
     external: tuple[str, int] | None = None
@@ -280,4 +310,4 @@ def resolve_identity(
     else:
         identity = own
 
-    return IdentityResult(identity, touch and identity != own, event)
+    return IdentityResult(identity, touch and (old_key or identity != own), event, old_key)

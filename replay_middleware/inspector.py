@@ -33,8 +33,8 @@ page that refreshes there instead, see ``_sign_in``) that sets an HttpOnly,
 ``SameSite=Strict`` cookie scoped to ``{prefix}/inspect`` (``Secure`` on https), which the
 pages, the JSON and the static files then read. Tokens are compared in constant time. The
 token is ``inspector_token`` when configured, else derived from ``secret_key`` (an HMAC, so
-every process of a fleet sharing the key agrees on it), else random per process
-(``inspector_token_for``).
+every process of a fleet sharing the key agrees on it; with several keys, from the newest, so
+rotating the secret rotates the token), else random per process (``inspector_token_for``).
 
 Everyone else, and every request without a valid token or cookie, gets the same 404 as any
 unknown path under the prefix.

@@ -75,6 +75,19 @@ class ResponseRewriter:
         config = engine.config
         self._original = list(headers)
         reason = ctx.reason if not ctx.eligible else response_skip_reason(status, headers, config)
+        if reason == "encoded":
+            # O4: an HTML page already compressed means a compression middleware runs
+            # between the app and us; every page then goes out without the recorder.
+            engine.log_once(
+                "encoded",
+                "replay-middleware: HTML responses reach it already compressed (first on %s), "
+                "so it cannot inject the recorder: install it inside the compression "
+                "middleware, so that compression runs on its output (Starlette/FastAPI: "
+                "add_middleware(GZipMiddleware) after add_middleware(ReplayMiddleware); "
+                "Django: GZipMiddleware above ReplayMiddleware in MIDDLEWARE; WSGI: wrap "
+                "ReplayWSGIMiddleware in the compressing middleware, not the reverse)",
+                self.state.request.path,
+            )
         cacheable = reason is None and is_shared_cacheable(headers, status)
         if reason is None and not cacheable:
             # An HTML page for this visitor: keep the identity (sticky sampling, I1, I4).

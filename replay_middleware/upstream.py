@@ -571,6 +571,33 @@ class _ProxyCore:
         log.reason = "ok" if source == "fresh" else f"config_{source}"
         return response
 
+    def _warn_if_nothing_records(self, remote: RemoteSampling | None) -> None:
+        """O4: after the first remote config fetch (``remote`` None: it failed), warn when
+        the effective sample rate is still 0, so that no session will be recorded."""
+        config = self.replay_config
+        if config.force_sample is not None or (remote is not None and remote.targeting):
+            return  # some sessions may record: forced ones, or the SDK's targeting decides
+        if remote is not None and not remote.capture_enabled:
+            why = "the project's remote config disables capture (capture_enabled is false)"
+        elif remote is not None and remote.sample_rate is not None:
+            if remote.sample_rate > 0:
+                return
+            why = "the project's remote config sets a sample rate of 0"
+        elif config.sample_rate > 0:
+            return
+        elif remote is None:
+            why = (
+                "sample_rate is 0 and the project's remote config could not be fetched "
+                "(check api_key, server_zone and outbound network access)"
+            )
+        else:
+            why = "sample_rate is 0 and the project's remote config sets no sample rate"
+        logger.warning(
+            "replay-middleware: %s, so no session will be recorded; set a sample rate in the "
+            "project's Session Replay settings or sample_rate",
+            why,
+        )
+
     def _store_config(
         self, plan: ConfigPlan, entry: ConfigEntry | None, status: int | None, reason: str
     ) -> None:
@@ -578,6 +605,9 @@ class _ProxyCore:
         last good copy (stale-if-error) and is logged once per outage."""
         slot_key = (plan.key, plan.zone)
         previous = self._config.get(slot_key)
+        if previous is None and plan.key == self.keys.primary:
+            # The first fetch for the configured key, once per proxy (O4).
+            self._warn_if_nothing_records(entry.sampling if entry is not None else None)
         if entry is not None:
             self._config[slot_key] = ConfigSlot(entry=entry)
             if slot_key in self._failing:

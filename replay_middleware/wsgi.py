@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import http
 import logging
+import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from .config import ReplayConfig
 from .context import reset_current, set_current
 from .decision import ReplayContext
-from .engine import HttpResponse, ReplayEngine, RequestState
+from .engine import HttpResponse, ReplayEngine, RequestState, many_workers
 from .proxy import (
     DEFAULT_UPSTREAMS,
     ENDPOINT_TOO_LARGE,
@@ -231,6 +232,7 @@ class ReplayWSGIMiddleware:
         self.app = app
         self.config = config or ReplayConfig()
         self.engine = ReplayEngine(self.config)
+        self._many_workers = many_workers(os.environ)
         self.sdk = SdkProvider(self.config.sdk_version)
         self._prefix_slash = self.engine.prefix + "/"
         #: With an API key: the upload proxy, which also keeps the project's remote config
@@ -246,6 +248,7 @@ class ReplayWSGIMiddleware:
         if ENVIRON_KEY in environ:
             return self.app(environ, start_response)
         self.engine.announce()  # the start-up warnings, on the first request only
+        self.engine.check_workers(environ.get("wsgi.multiprocess") or self._many_workers)
         path = _path(environ)
         if path == self.engine.prefix or path.startswith(self._prefix_slash):
             sub = path[len(self.engine.prefix) :]

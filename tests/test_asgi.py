@@ -22,6 +22,7 @@ from replay_middleware import (
     local_store,
 )
 from replay_middleware.asgi import Message, Receive, Scope, Send
+from replay_middleware.identity import IdentityCodec
 
 from .cases import CASES, Case, check
 
@@ -674,3 +675,143 @@ async def test_local_track_and_config_answer_only_the_inspectors_clients(
     assert (track.status_code, config.status_code) == (404, 404)
     assert mw.engine.store is not None and mw.engine.store.sessions() == []
     await mw.aclose()
+
+
+# -- O4 warnings that need a request to see -------------------------------------------------
+
+
+async def _get_twice(mw: ReplayMiddleware, base_url: str = "http://test") -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url=base_url) as c:
+        first = await c.get("/")
+        await c.get("/other")
+    return first
+
+
+async def test_already_compressed_html_is_warned_once_with_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gz = gzip.compress(PAGE)
+    headers = [*HTML, (b"content-encoding", b"gzip"), (b"content-length", str(len(gz)).encode())]
+    mw = ReplayMiddleware(
+        responder(start(headers=headers), body(gz)),
+        config=ReplayConfig(local_store_dir=str(tmp_path)),
+    )
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    r = await _get_twice(mw)
+    assert r.content == PAGE  # httpx decodes it: the page went out as the app made it
+    [message] = [m for m in _replay_warnings(caplog) if "already compressed" in m]
+    assert "first on /" in message and "GZipMiddleware" in message
+
+
+async def test_uncompressed_html_gives_no_compression_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mw = ReplayMiddleware(
+        responder(start(), body(PAGE)), config=ReplayConfig(local_store_dir=str(tmp_path))
+    )
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    await _get_twice(mw)
+    assert not [m for m in _replay_warnings(caplog) if "already compressed" in m]
+
+
+@pytest.mark.parametrize(
+    ("origin", "base_url", "warned"),
+    [
+        pytest.param("https://shop.example", "http://test", True, id="https-origin-http-request"),
+        pytest.param("http://shop.example", "https://test", True, id="http-origin-https-request"),
+        pytest.param("https://shop.example", "https://test", False, id="same-scheme"),
+    ],
+)
+async def test_public_origin_scheme_differing_from_requests_is_warned_once(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    origin: str,
+    base_url: str,
+    warned: bool,
+) -> None:
+    mw = ReplayMiddleware(
+        responder(start(), body(PAGE)),
+        config=ReplayConfig(public_origin=origin, local_store_dir=str(tmp_path)),
+    )
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    await _get_twice(mw, base_url)
+    found = [m for m in _replay_warnings(caplog) if "but a request arrived as" in m]
+    assert len(found) == (1 if warned else 0)
+    if warned:
+        assert origin in found[0] and "X-Forwarded-Proto" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("web_concurrency", "secret", "warned"),
+    [
+        pytest.param("4", None, True, id="workers-random-key"),
+        pytest.param("4", "k" * 32, False, id="workers-with-secret"),
+        pytest.param("1", None, False, id="one-worker"),
+        pytest.param("", None, False, id="unset"),
+    ],
+)
+async def test_no_secret_key_with_several_workers_is_warned_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    web_concurrency: str,
+    secret: str | None,
+    warned: bool,
+) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", web_concurrency)
+    mw = ReplayMiddleware(
+        responder(start(), body(PAGE)),
+        config=ReplayConfig(secret_key=secret, local_store_dir=str(tmp_path)),
+    )
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    await _get_twice(mw)
+    found = [m for m in _replay_warnings(caplog) if "each worker process signs" in m]
+    assert len(found) == (1 if warned else 0)
+
+
+# -- secret rotation (issue 9) ---------------------------------------------------------------
+
+OLD_KEY, NEW_KEY = "old-secret-key-0123456789", "new-secret-key-0123456789"
+
+
+async def _cookie_after_get(
+    secret_key: str | tuple[str, ...],
+    tmp_path: Path,
+    cookie: str | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = HTML,
+) -> str | None:
+    config = ReplayConfig(secret_key=secret_key, local_store_dir=str(tmp_path))
+    mw = ReplayMiddleware(responder(start(200, headers), body(PAGE)), config=config)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mw), base_url="http://test"
+    ) as client:
+        if cookie is not None:
+            client.cookies.set("replay_id", cookie)
+        r = await client.get("/")
+        assert r.status_code == 200
+        return r.cookies.get("replay_id")
+
+
+async def test_old_key_cookie_is_reissued_with_the_newest_key(tmp_path: Path) -> None:
+    old = await _cookie_after_get(OLD_KEY, tmp_path)
+    assert old is not None
+    new = await _cookie_after_get((OLD_KEY, NEW_KEY), tmp_path, old)
+    assert new is not None
+    assert IdentityCodec(OLD_KEY).loads(new) is None
+    reissued, kept = IdentityCodec(NEW_KEY).loads(new), IdentityCodec(OLD_KEY).loads(old)
+    assert reissued is not None and kept is not None
+    # The device and session survive the rotation.
+    assert (reissued.device_id, reissued.session_id) == (kept.device_id, kept.session_id)
+
+
+async def test_unknown_key_cookie_gets_a_fresh_identity(tmp_path: Path) -> None:
+    old = await _cookie_after_get("unknown-secret-key-0123", tmp_path)
+    assert old is not None
+    new = await _cookie_after_get((OLD_KEY, NEW_KEY), tmp_path, old)
+    assert new is not None and new.split(".")[0] != old.split(".")[0]
+
+
+async def test_old_key_cookie_is_not_reissued_on_a_shared_cacheable_page(tmp_path: Path) -> None:
+    old = await _cookie_after_get(OLD_KEY, tmp_path)
+    cacheable = [*HTML, (b"cache-control", b"public, max-age=60")]
+    assert await _cookie_after_get((OLD_KEY, NEW_KEY), tmp_path, old, cacheable) is None

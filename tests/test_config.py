@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -8,6 +9,8 @@ from typing import Any
 import pytest
 
 from replay_middleware import ReplayConfig
+from replay_middleware import config as config_module
+from replay_middleware.config import BLOCKED_PREFIX_PATTERNS
 
 
 def test_defaults_are_local_mode() -> None:
@@ -155,6 +158,47 @@ def test_startup_warnings_flag_blocked_prefix_words() -> None:
     assert any("local mode" in w for w in warnings)
 
 
+@pytest.mark.parametrize(
+    ("prefix", "matched"),
+    [
+        pytest.param("/amplitude", ("amplitude",), id="amplitude"),
+        pytest.param("/Analytics", ("analytics",), id="analytics-any-case"),
+        pytest.param("/track", ("track",), id="track"),
+        pytest.param("/_tracking", ("track",), id="tracking"),
+        pytest.param("/telemetry", ("telemetry",), id="telemetry"),
+        pytest.param("/beacon", ("beacon",), id="beacon"),
+        pytest.param("/collect", ("/collect",), id="collect"),
+        pytest.param("/replay-browser", ("replay-browser",), id="replay-browser"),
+        pytest.param("/app/session-replay", ("session-replay",), id="session-replay"),
+        pytest.param("/sessionreplay", ("sessionreplay",), id="sessionreplay"),
+        pytest.param("/sr", ("/sr/",), id="sr-segment"),
+        pytest.param("/x/stats", ("/stats/",), id="stats"),
+        pytest.param("/metrics", ("/metrics/",), id="metrics"),
+        pytest.param("/amplitude-track", ("amplitude", "track"), id="two-patterns"),
+        pytest.param("/_replay", (), id="default"),
+        pytest.param("/_rm", (), id="neutral"),
+        pytest.param("/srv", (), id="sr-needs-a-whole-segment"),
+        pytest.param("/statsd-ui", (), id="stats-needs-a-whole-segment"),
+        pytest.param("/collection", ("/collect",), id="collect-is-a-path-start"),
+    ],
+)
+def test_prefix_is_checked_against_the_ad_block_table(
+    prefix: str, matched: tuple[str, ...]
+) -> None:
+    config = ReplayConfig(prefix=prefix)
+    assert config.blocked_prefix_patterns == matched
+    blocked = [w for w in config.startup_warnings() if "ad-blocker lists" in w]
+    assert len(blocked) == (1 if matched else 0)
+    if matched:
+        assert all(repr(p) in blocked[0] for p in matched)
+
+
+def test_ad_block_table_is_documented_row_by_row() -> None:
+    source = inspect.getsource(config_module)
+    for pattern in BLOCKED_PREFIX_PATTERNS:
+        assert f"#: ``{pattern}``" in source, pattern
+
+
 KEYED: dict[str, Any] = {"api_key": "key123", "secret_key": "s" * 32}
 
 
@@ -215,3 +259,93 @@ def test_explicit_zero_with_force_sample_does_not_warn() -> None:
 def test_unset_rate_with_api_key_keeps_the_remote_config_warning() -> None:
     warnings = ReplayConfig(**KEYED).startup_warnings()
     assert any("unless the project's remote config sets a sample rate" in w for w in warnings)
+
+
+# -- secret_key: one key or several, newest last (issue 9) ------------------------------------
+
+OLD, NEW = "o" * 16, "n" * 20
+
+
+@pytest.mark.parametrize(
+    ("value", "keys"),
+    [
+        pytest.param(NEW, (NEW,), id="str"),
+        pytest.param([OLD, NEW], (OLD, NEW), id="list"),
+        pytest.param((OLD, NEW), (OLD, NEW), id="tuple"),
+        pytest.param((NEW,), (NEW,), id="one-tuple"),
+    ],
+)
+def test_secret_key_is_normalised_to_a_tuple_newest_last(
+    value: str | list[str] | tuple[str, ...], keys: tuple[str, ...]
+) -> None:
+    config = ReplayConfig(secret_key=value)
+    assert config.secret_key == keys == config.secret_keys
+    assert config.signing_key == NEW
+
+
+def test_without_secret_key_there_are_no_keys() -> None:
+    config = ReplayConfig()
+    assert (config.secret_key, config.secret_keys, config.signing_key) == (None, (), None)
+
+
+def test_replace_keeps_the_normalised_keys() -> None:
+    config = dataclasses.replace(ReplayConfig(secret_key=[OLD, NEW]), sample_rate=0.5)
+    assert config.secret_keys == (OLD, NEW)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param(
+            "short", r"secret_key must be a string of at least 16 characters \(got 5 ch", id="short"
+        ),
+        pytest.param(
+            [OLD, "short"], r"secret_key\[1\] must be .* \(got 5 characters\)", id="short-in-list"
+        ),
+        pytest.param([OLD, 42], r"secret_key\[1\] must be .* \(got int\)", id="not-str"),
+        pytest.param([], "non-empty sequence", id="empty"),
+        pytest.param(b"b" * 16, "non-empty sequence", id="bytes"),
+        pytest.param(12345, "non-empty sequence", id="int"),
+    ],
+)
+def test_bad_secret_keys_are_rejected_without_echoing_them(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        ReplayConfig(secret_key=value)  # type: ignore[arg-type]
+    assert OLD not in str(info.value)
+
+
+def test_api_key_with_an_empty_key_list_requires_secret_key() -> None:
+    with pytest.raises(ValueError, match="secret_key is required"):
+        ReplayConfig(api_key="key123", secret_key=())
+
+
+@pytest.mark.parametrize(
+    ("env", "keys"),
+    [
+        pytest.param(NEW, (NEW,), id="one"),
+        pytest.param(f"  {NEW}  ", (NEW,), id="stripped"),
+        pytest.param("a, b c,d-0123456789", ("a, b c,d-0123456789",), id="separators-are-key"),
+        pytest.param(f'["{OLD}", "{NEW}"]', (OLD, NEW), id="json-list"),
+        pytest.param("", None, id="empty"),
+    ],
+)
+def test_secret_key_from_env(env: str, keys: tuple[str, ...] | None) -> None:
+    assert ReplayConfig.from_env({"REPLAY_SECRET_KEY": env}).secret_key == keys
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param(f'["{OLD}", ', "must be a JSON array of keys", id="bad-json"),
+        pytest.param('["short"]', r"secret_key\[0\] must be", id="short"),
+        pytest.param("[]", "non-empty sequence", id="empty-list"),
+    ],
+)
+def test_bad_secret_key_lists_from_env_are_rejected(env: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ReplayConfig.from_env({"REPLAY_SECRET_KEY": env})
+
+
+def test_secret_key_list_from_mapping() -> None:
+    config = ReplayConfig.from_mapping({"SECRET_KEY": [OLD, NEW]})
+    assert config.secret_keys == (OLD, NEW)

@@ -754,11 +754,65 @@ def test_secret_key_is_derived_from_django_secret_key() -> None:
     from replay_middleware.identity import derive_secret_key
 
     secret = settings.SECRET_KEY
-    derived = config_from_settings().secret_key
+    derived = config_from_settings().signing_key
     assert derived == derive_secret_key(secret)
     # The derivation Django deployments have used so far: their cookies stay valid.
     legacy = hmac.new(secret.encode(), b"replay_middleware.identity-cookie", hashlib.sha256)
     assert derived == legacy.hexdigest()
+
+
+# -- secret rotation (issue 9) ---------------------------------------------------------------
+
+OLD_SECRET, NEW_SECRET = "old-django-secret-0123456789", "new-django-secret-0123456789"
+
+
+@override_settings(SECRET_KEY=NEW_SECRET, SECRET_KEY_FALLBACKS=["older-one", OLD_SECRET])
+def test_secret_key_fallbacks_are_derived_as_older_keys() -> None:
+    from replay_middleware.django import config_from_settings
+    from replay_middleware.identity import derive_secret_key
+
+    keys = ("older-one", OLD_SECRET, NEW_SECRET)
+    assert config_from_settings().secret_keys == tuple(derive_secret_key(k) for k in keys)
+
+
+def test_explicit_secret_key_list_wins_over_django_keys(
+    replay_settings: Callable[..., Any],
+) -> None:
+    from replay_middleware.django import config_from_settings
+
+    replay_settings(secret_key=["o" * 16, "n" * 16])
+    with override_settings(SECRET_KEY_FALLBACKS=[OLD_SECRET]):
+        assert config_from_settings().secret_keys == ("o" * 16, "n" * 16)
+
+
+def test_rotating_django_secret_key_keeps_device_ids(driver: Driver) -> None:
+    from replay_middleware.identity import Identity, IdentityCodec, derive_secret_key
+
+    now = 1_735_689_600_000  # an old last activity: the session rolls, the device stays
+    device = "0b6f6a3e-4c1d-4e2f-8a9b-0c1d2e3f4a5b"
+    old = IdentityCodec(derive_secret_key(OLD_SECRET)).dumps(Identity(device, now, now))
+    client = driver.aclient if driver.mode == "async" else driver.client
+    client.cookies["replay_id"] = old
+    with override_settings(SECRET_KEY=NEW_SECRET, SECRET_KEY_FALLBACKS=[OLD_SECRET]):
+        response = driver.get("/")
+    reissued = response.cookies["replay_id"].value
+    assert f'"{device}"'.encode() in driver.body(response)
+    ids = IdentityCodec(derive_secret_key(NEW_SECRET)).loads(reissued)
+    assert ids is not None and ids.device_id == device
+    assert IdentityCodec(derive_secret_key(OLD_SECRET)).loads(reissued) is None
+
+
+def test_cookie_of_an_unknown_django_secret_gets_new_ids(driver: Driver) -> None:
+    from replay_middleware.identity import Identity, IdentityCodec, derive_secret_key
+
+    device = "0b6f6a3e-4c1d-4e2f-8a9b-0c1d2e3f4a5b"
+    now = 1_735_689_600_000
+    foreign = IdentityCodec(derive_secret_key("unknown-secret")).dumps(Identity(device, now, now))
+    client = driver.aclient if driver.mode == "async" else driver.client
+    client.cookies["replay_id"] = foreign
+    with override_settings(SECRET_KEY=NEW_SECRET, SECRET_KEY_FALLBACKS=[OLD_SECRET]):
+        response = driver.get("/")
+    assert not response.cookies["replay_id"].value.startswith(device)
 
 
 # -- local mode: hostile uploads and who may upload (issue 8) ------------------------------------
@@ -814,3 +868,56 @@ def test_local_track_and_config_answer_only_the_inspectors_clients(
     assert (track.status_code, config.status_code) == (404, 404)
     with local_store.LocalStore(tmp_path / "store") as store:
         assert store.sessions() == []
+
+
+def test_gzipped_page_from_inside_is_warned_once_beside_the_system_check(
+    replay_settings: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """W001 catches GZipMiddleware listed inside ours; this catches any other compressor."""
+    replay_settings(sample_rate=1)
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    gz = gzip.compress(PAGE)
+
+    def compressed(request: Any) -> HttpResponse:
+        response = HttpResponse(gz, content_type="text/html; charset=utf-8")
+        response["Content-Encoding"] = "gzip"
+        return response
+
+    middleware = ReplayMiddleware(compressed)
+    for _ in range(2):
+        response = middleware(RequestFactory().get("/shop"))
+        assert response.content == gz
+    found = [m for m in _replay_warnings(caplog) if "already compressed" in m]
+    assert len(found) == 1
+    assert "first on /shop" in found[0] and "GZipMiddleware above ReplayMiddleware" in found[0]
+
+
+@pytest.mark.parametrize(("secure", "warned"), [(False, True), (True, False)])
+def test_public_origin_scheme_is_compared_with_django_request_scheme(
+    replay_settings: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    secure: bool,
+    warned: bool,
+) -> None:
+    replay_settings(sample_rate=1, public_origin="https://shop.example")
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    middleware = ReplayMiddleware(home)
+    for _ in range(2):
+        middleware(RequestFactory().get("/", secure=secure))
+    found = [m for m in _replay_warnings(caplog) if "but a request arrived as http" in m]
+    assert len(found) == (1 if warned else 0)
+
+
+@pytest.mark.parametrize("multiprocess", [True, False])
+def test_multiprocess_wsgi_server_without_a_stable_key_is_warned_once(
+    replay_settings: Callable[..., Any], caplog: pytest.LogCaptureFixture, multiprocess: bool
+) -> None:
+    replay_settings(sample_rate=1)
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    middleware = ReplayMiddleware(home)
+    # Only an empty SECRET_KEY leads here, which Django itself refuses to read: simulate it.
+    middleware.engine.random_secret = True
+    for _ in range(2):
+        middleware(RequestFactory().get("/", **{"wsgi.multiprocess": multiprocess}))
+    found = [m for m in _replay_warnings(caplog) if "each worker process signs" in m]
+    assert len(found) == (1 if multiprocess else 0)

@@ -19,7 +19,7 @@ from flask_talisman import Talisman  # type: ignore[import-untyped]
 from examples.flask_app.app import create_app as create_example
 from replay_middleware import ReplayConfig, current_replay, get_replay_properties
 from replay_middleware.flask import SessionReplay
-from replay_middleware.identity import derive_secret_key
+from replay_middleware.identity import IdentityCodec, derive_secret_key
 
 DATA_BLOCK = '<script type="application/json" id="replay-middleware-config">'
 PAGE = "<!DOCTYPE html><html><head><title>t</title>{head}</head><body><p>hi</p></body></html>"
@@ -257,7 +257,7 @@ def test_secret_key_defaults_to_flask_secret_key(
     make_app: AppFactory, settings: dict[str, object], expected: str | None
 ) -> None:
     app = make_app(**settings)
-    assert app.extensions["replay_middleware"].middleware_for(app).engine.config.secret_key == (
+    assert app.extensions["replay_middleware"].middleware_for(app).engine.config.signing_key == (
         expected
     )
 
@@ -280,6 +280,53 @@ def test_short_secret_key_signs_cookies_another_process_accepts(make_app: AppFac
     other.set_cookie("replay_id", cookie.value)
     foreign = other.get("/whoami").json
     assert foreign is not None and foreign["device"] != device  # a foreign cookie: new ids
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param(
+            {"SECRET_KEY": "new", "SECRET_KEY_FALLBACKS": ["old", b"older"]},
+            ("old", b"older", "new"),
+            id="fallbacks-then-secret",
+        ),
+        pytest.param({"SECRET_KEY": "new", "SECRET_KEY_FALLBACKS": []}, ("new",), id="none"),
+        pytest.param({"SECRET_KEY": "", "SECRET_KEY_FALLBACKS": ["old"]}, (), id="no-secret"),
+    ],
+)
+def test_secret_key_fallbacks_are_derived_as_older_keys(
+    make_app: AppFactory, settings: dict[str, object], expected: tuple[str | bytes, ...]
+) -> None:
+    app = make_app(**settings)
+    config = app.extensions["replay_middleware"].middleware_for(app).engine.config
+    assert config.secret_keys == tuple(derive_secret_key(k) for k in expected)
+
+
+def test_replay_secret_key_list_wins_over_flask_keys(make_app: AppFactory) -> None:
+    keys = ["o" * 16, "n" * 16]
+    app = make_app(SECRET_KEY="s" * 32, SECRET_KEY_FALLBACKS=["f" * 32], REPLAY_SECRET_KEY=keys)
+    config = app.extensions["replay_middleware"].middleware_for(app).engine.config
+    assert config.secret_keys == tuple(keys)
+
+
+def test_rotating_flask_secret_key_keeps_device_ids(make_app: AppFactory) -> None:
+    first = make_app(SECRET_KEY="before").test_client()
+    first.get("/")
+    cookie = first.get_cookie("replay_id")
+    assert cookie is not None
+    device, session, *_ = cookie.value.split(".")
+    rotated = make_app(SECRET_KEY="after", SECRET_KEY_FALLBACKS=["before"]).test_client()
+    rotated.set_cookie("replay_id", cookie.value)
+    assert rotated.get("/whoami").json == {
+        "reason": "in_sample",
+        "session": int(session),
+        "device": device,
+    }
+    rotated.get("/")
+    reissued = rotated.get_cookie("replay_id")
+    assert reissued is not None and reissued.value != cookie.value
+    ids = IdentityCodec(derive_secret_key("after")).loads(reissued.value)
+    assert ids is not None and (ids.device_id, ids.session_id) == (device, int(session))
 
 
 def _inspector_sign_in(app: Flask, token: str) -> Any:

@@ -3,12 +3,13 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from dataclasses import replace
 from urllib.parse import quote
 
 import pytest
 
 from replay_middleware import ReplayConfig, RequestInfo
-from replay_middleware.identity import IdentityCodec, IdentityResult, resolve_identity
+from replay_middleware.identity import Identity, IdentityCodec, IdentityResult, resolve_identity
 
 NOW = 1_735_689_600_000
 SECRET = "test-secret-key-0123456789"
@@ -162,3 +163,66 @@ def test_identify_hook_wins_over_everything() -> None:
         NOW - 1,
         "hook",
     )
+
+
+# -- secret rotation (issue 9) ---------------------------------------------------------------
+
+OLD_SECRET = "old-secret-key-0123456789"
+ROTATED = ReplayConfig(api_key="0123456789abcdef", secret_key=(OLD_SECRET, SECRET))
+ROTATED_CODEC = IdentityCodec(ROTATED.secret_keys)
+
+
+def minted(codec: IdentityCodec) -> Identity:
+    """A first visit's identity as its cookie reads back (source "cookie")."""
+    return replace(resolve_identity(req(), CONFIG, codec, NOW).identity, source="cookie")
+
+
+def test_rotated_codec_signs_with_the_newest_key() -> None:
+    ident = resolve_identity(req(), CONFIG, CODEC, NOW).identity
+    assert ROTATED_CODEC.dumps(ident) == CODEC.dumps(ident)
+
+
+def test_rotated_codec_is_compatible_with_itsdangerous_key_lists() -> None:
+    from itsdangerous import Signer
+
+    signer = Signer([OLD_SECRET, SECRET], salt="replay-middleware.identity.v1")
+    ident = resolve_identity(req(), CONFIG, CODEC, NOW).identity
+    assert ROTATED_CODEC.dumps(ident) == signer.sign(CODEC.dumps(ident).rsplit(".", 1)[0]).decode()
+    assert signer.unsign(IdentityCodec(OLD_SECRET).dumps(ident))
+
+
+def test_cookie_signed_with_an_old_key_is_kept_and_reissued() -> None:
+    old = minted(IdentityCodec(OLD_SECRET))
+    cookie = f"replay_id={IdentityCodec(OLD_SECRET).dumps(old)}"
+    # Same ms, so nothing but the key calls for a new cookie.
+    result = resolve_identity(req(cookie), ROTATED, ROTATED_CODEC, NOW)
+    assert result.identity == old
+    assert result.old_key and result.write_cookie and result.event is None
+    assert CODEC.loads(ROTATED_CODEC.dumps(result.identity)) == old
+
+
+def test_cookie_signed_with_the_newest_key_is_not_old() -> None:
+    first = minted(CODEC)
+    result = resolve_identity(req(f"replay_id={CODEC.dumps(first)}"), ROTATED, ROTATED_CODEC, NOW)
+    assert result.identity == first
+    assert not result.old_key and not result.write_cookie
+
+
+def test_old_key_cookie_is_not_rewritten_without_touch() -> None:
+    old = minted(IdentityCodec(OLD_SECRET))
+    cookie = f"replay_id={IdentityCodec(OLD_SECRET).dumps(old)}"
+    result = resolve_identity(req(cookie), ROTATED, ROTATED_CODEC, NOW, touch=False)
+    assert result.identity == old and result.old_key and not result.write_cookie
+
+
+def test_cookie_signed_with_an_unknown_key_gets_a_fresh_identity() -> None:
+    stranger = IdentityCodec("unknown-secret-key-0123456789")
+    old = resolve_identity(req(), CONFIG, stranger, NOW).identity
+    result = resolve_identity(req(f"replay_id={stranger.dumps(old)}"), ROTATED, ROTATED_CODEC, NOW)
+    assert result.identity.device_id != old.device_id
+    assert result.event == "new_device" and not result.old_key
+
+
+def test_codec_needs_a_key() -> None:
+    with pytest.raises(ValueError, match="at least one secret key"):
+        IdentityCodec(())

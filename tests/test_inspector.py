@@ -1056,6 +1056,14 @@ def test_engines_sharing_a_secret_key_share_the_token(tmp_path: Path) -> None:
     assert first.inspector.cookie_name == second.inspector.cookie_name
 
 
+def test_rotated_secret_keys_derive_the_token_from_the_newest(tmp_path: Path) -> None:
+    old, new = "the-old-fleet-secret-0123456789", "the-new-fleet-secret-0123456789"
+    engine = _engine(tmp_path, secret_key=[old, new])
+
+    assert engine.inspector is not None
+    assert engine.inspector.token == derive_inspector_token(new) != derive_inspector_token(old)
+
+
 def test_engines_without_a_secret_key_have_their_own_token(tmp_path: Path) -> None:
     first, second = _engine(tmp_path), _engine(tmp_path)
 

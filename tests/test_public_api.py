@@ -22,7 +22,8 @@ def test_all_matches_exports() -> None:
 def test_import_pulls_in_no_framework_or_network_client() -> None:
     code = (
         "import sys, replay_middleware\n"
-        "bad = [m for m in ('starlette', 'fastapi', 'django', 'flask', 'werkzeug', 'httpx', 'httpcore')"
+        "bad = [m for m in ('starlette', 'fastapi', 'django', 'flask', 'werkzeug', 'httpx', 'httpcore',"
+        " 'amplitude', 'segment')"
         " if m in sys.modules]\n"
         "print(','.join(bad))"
     )

@@ -1336,3 +1336,79 @@ async def test_logs_never_show_keys_queries_addresses_bodies_or_cookies(
     assert f"key={key_id(KEY)}" in text and f"key={key_id('wrong-key-123456')}" in text
     assert "replay proxy POST track status=200 upstream=200" in text
     assert "reason=key_unknown" in text
+
+
+_NO_RATE_CONFIG = b'{"configs":{"sessionReplay":{}}}'
+_ZERO_RATE_CONFIG = (
+    b'{"configs":{"sessionReplay":{"sr_sampling_config":{"sample_rate":0,"capture_enabled":true}}}}'
+)
+_CAPTURE_OFF_CONFIG = (
+    b'{"configs":{"sessionReplay":{"sr_sampling_config":{"capture_enabled":false}}}}'
+)
+_TARGETING_CONFIG = b'{"configs":{"sessionReplay":{"sr_targeting_config":{"key":"x"}}}}'
+
+
+@pytest.mark.parametrize(
+    ("reply", "rate", "expected"),
+    [
+        pytest.param(Reply.config(), None, None, id="remote-rate-raises-it"),
+        pytest.param(Reply.config(_NO_RATE_CONFIG), 0.25, None, id="local-rate-applies"),
+        pytest.param(
+            Reply.config(_NO_RATE_CONFIG),
+            None,
+            "sample_rate is 0 and the project's remote config sets no sample rate",
+            id="no-remote-rate",
+        ),
+        pytest.param(
+            Reply.config(_ZERO_RATE_CONFIG),
+            0.5,
+            "the project's remote config sets a sample rate of 0",
+            id="remote-rate-zero",
+        ),
+        pytest.param(
+            Reply.config(_CAPTURE_OFF_CONFIG),
+            1.0,
+            "the project's remote config disables capture",
+            id="capture-disabled",
+        ),
+        pytest.param(Reply.config(_TARGETING_CONFIG), None, None, id="targeting-sdk-decides"),
+        pytest.param(
+            Reply.error(500),
+            None,
+            "sample_rate is 0 and the project's remote config could not be fetched",
+            id="fetch-failed",
+        ),
+        pytest.param(Reply.error(500), 0.5, None, id="fetch-failed-local-rate"),
+    ],
+)
+async def test_zero_effective_rate_after_the_first_config_fetch_is_warned_once(
+    fake_amplitude: FakeAmplitude,
+    caplog: pytest.LogCaptureFixture,
+    reply: Reply,
+    rate: float | None,
+    expected: str | None,
+) -> None:
+    fake_amplitude.set_default("config", reply)
+    rate_option = {} if rate is None else {"sample_rate": rate}
+    config = ReplayConfig(api_key=KEY, secret_key="s" * 32, config_cache_ttl=0, **rate_option)
+    caplog.set_level(logging.WARNING, logger="replay_middleware")
+    async with AsyncUploadProxy(config, upstreams=fake_amplitude.upstreams()) as proxy:
+        for _ in range(3):  # later fetches never warn again
+            await proxy.refresh_config()
+    found = [r.getMessage() for r in caplog.records if "no session will be recorded" in r.message]
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1
+        assert expected in found[0]
+
+
+async def test_force_sample_silences_the_zero_rate_warning(
+    fake_amplitude: FakeAmplitude, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_amplitude.set_default("config", Reply.config(_ZERO_RATE_CONFIG))
+    config = ReplayConfig(api_key=KEY, secret_key="s" * 32, force_sample=lambda r: True)
+    caplog.set_level(logging.WARNING, logger="replay_middleware")
+    async with AsyncUploadProxy(config, upstreams=fake_amplitude.upstreams()) as proxy:
+        await proxy.refresh_config()
+    assert "no session will be recorded" not in caplog.text

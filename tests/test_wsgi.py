@@ -24,6 +24,7 @@ from replay_middleware import (
     current_replay,
     get_replay_properties,
 )
+from replay_middleware.identity import IdentityCodec
 from replay_middleware.wsgi import ENVIRON_KEY, MANUAL_NONCE_KEY, Environ, StartResponse
 
 from .cases import CASES, SNIPPET_RE, Case, check
@@ -622,3 +623,134 @@ def test_local_track_and_config_answer_only_the_inspectors_clients(
     assert (track.status_code, config.status_code) == (404, 404)
     assert middleware.engine.store is not None and middleware.engine.store.sessions() == []
     middleware.close()
+
+
+# -- secret rotation (issue 9) ---------------------------------------------------------------
+
+OLD_KEY, NEW_KEY = "old-secret-key-0123456789", "new-secret-key-0123456789"
+
+
+def _page(env: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [HTML])
+    return [PAGE]
+
+
+def _cookie_after_get(
+    secret_key: str | tuple[str, ...], tmp_path: Path, cookie: str | None = None
+) -> str | None:
+    client = Client(mw(_page, secret_key=secret_key, local_store_dir=str(tmp_path)))
+    if cookie is not None:
+        client.set_cookie("replay_id", cookie)
+    assert client.get("/").status_code == 200
+    got = client.get_cookie("replay_id")
+    return None if got is None or got.value == cookie else got.value
+
+
+def test_old_key_cookie_is_reissued_with_the_newest_key(tmp_path: Path) -> None:
+    old = _cookie_after_get(OLD_KEY, tmp_path)
+    assert old is not None
+    new = _cookie_after_get((OLD_KEY, NEW_KEY), tmp_path, old)
+    assert new is not None
+    kept, reissued = IdentityCodec(OLD_KEY).loads(old), IdentityCodec(NEW_KEY).loads(new)
+    assert kept is not None and reissued is not None
+    assert (reissued.device_id, reissued.session_id) == (kept.device_id, kept.session_id)
+
+
+def test_unknown_key_cookie_gets_a_fresh_identity(tmp_path: Path) -> None:
+    old = _cookie_after_get("unknown-secret-key-0123", tmp_path)
+    assert old is not None
+    new = _cookie_after_get((OLD_KEY, NEW_KEY), tmp_path, old)
+    assert new is not None and new.split(".")[0] != old.split(".")[0]
+
+
+# -- O4 warnings that need a request to see ---------------------------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "replay_middleware" and r.levelno == logging.WARNING and needle in r.message
+    ]
+
+
+def _html_app(headers: list[tuple[str, str]], body: bytes) -> Any:
+    def app(env: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", headers)
+        return [body]
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("multiprocess", "secret", "warned"),
+    [
+        pytest.param(True, None, True, id="multiprocess-random-key"),
+        pytest.param(True, "k" * 32, False, id="multiprocess-with-secret"),
+        pytest.param(False, None, False, id="single-process"),
+    ],
+)
+def test_no_secret_key_in_a_multiprocess_server_is_warned_once(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    multiprocess: bool,
+    secret: str | None,
+    warned: bool,
+) -> None:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    client = Client(mw(Tracked(), secret_key=secret, local_store_dir=str(tmp_path)))
+    for path in ("/", "/other", "/_replay/session"):
+        client.get(path, environ_overrides={"wsgi.multiprocess": multiprocess})
+    found = _warnings(caplog, "each worker process signs cookies with its own random key")
+    assert len(found) == (1 if warned else 0)
+    if warned:
+        assert "set secret_key" in found[0]
+
+
+def test_web_concurrency_counts_as_several_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    client = Client(mw(Tracked(), local_store_dir=str(tmp_path)))
+    client.get("/")
+    client.get("/")
+    assert len(_warnings(caplog, "each worker process signs")) == 1
+
+
+def test_already_compressed_html_is_warned_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gz = gzip.compress(b"<html><head></head><body>x</body></html>")
+    app = _html_app([("Content-Type", "text/html"), ("Content-Encoding", "br, gzip")], gz)
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    client = Client(mw(app, local_store_dir=str(tmp_path)))
+    first = client.get("/page")
+    client.get("/page")
+    assert first.data == gz  # untouched
+    [message] = _warnings(caplog, "already compressed")
+    assert "first on /page" in message and "wrap ReplayWSGIMiddleware" in message
+
+
+@pytest.mark.parametrize(
+    ("origin", "url_scheme", "warned"),
+    [
+        pytest.param("https://shop.example", "http", True, id="tls-terminated-upstream"),
+        pytest.param("https://shop.example", "https", False, id="same-scheme"),
+    ],
+)
+def test_public_origin_scheme_differing_from_requests_is_warned_once(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    origin: str,
+    url_scheme: str,
+    warned: bool,
+) -> None:
+    caplog.set_level(logging.WARNING, "replay_middleware")
+    client = Client(mw(Tracked(), public_origin=origin, local_store_dir=str(tmp_path)))
+    for _ in range(2):
+        client.get("/", base_url=f"{url_scheme}://shop.example")
+    found = _warnings(caplog, "but a request arrived as")
+    assert len(found) == (1 if warned else 0)
+    if warned:
+        assert f"public_origin is {origin}" in found[0] and "ProxyFix" in found[0]
