@@ -768,47 +768,25 @@ def url_checks(
             except httpx.HTTPError as exc:
                 return _fail(path, f"GET failed: {exc!r}", "is the endpoint reachable?")
 
-        loader = fetch(snippet.loader_src)
-        checks.append(
-            loader
-            if isinstance(loader, Check)
-            else asset_check(
-                "loader",
-                loader.status_code,
-                list(loader.headers.multi_items()),
-                media="javascript",
-                cache="immutable",
-            )
-        )
-        sdk = data.get("sdk") or {}
-        sdk_response = fetch(str(sdk.get("url") or ""))
-        if isinstance(sdk_response, Check):
-            checks.append(sdk_response)
-        else:
+        def asset(name: str, path: str, media: str, cache: str) -> httpx.Response | None:
+            """GET ``path`` and check its answer as ``name``; the response when it came."""
+            response = fetch(path)
+            if isinstance(response, Check):
+                checks.append(response)
+                return None
+            headers = list(response.headers.multi_items())
             checks.append(
-                asset_check(
-                    "sdk",
-                    sdk_response.status_code,
-                    list(sdk_response.headers.multi_items()),
-                    media="javascript",
-                    cache="immutable",
-                )
+                asset_check(name, response.status_code, headers, media=media, cache=cache)
             )
-            if sdk_response.status_code == 200:
-                checks.append(sri_check(sdk_response.content, str(sdk.get("integrity") or "")))
+            return response
+
+        asset("loader", snippet.loader_src, "javascript", "immutable")
+        sdk = data.get("sdk") or {}
+        sdk_response = asset("sdk", str(sdk.get("url") or ""), "javascript", "immutable")
+        if sdk_response is not None and sdk_response.status_code == 200:
+            checks.append(sri_check(sdk_response.content, str(sdk.get("integrity") or "")))
         session_url = str((data.get("session") or {}).get("url") or f"{prefix}/session")
-        session = fetch(session_url)
-        checks.append(
-            session
-            if isinstance(session, Check)
-            else asset_check(
-                "session",
-                session.status_code,
-                list(session.headers.multi_items()),
-                media="json",
-                cache="no-store",
-            )
-        )
+        asset("session", session_url, "json", "no-store")
         endpoints = data.get("endpoints")
         if isinstance(endpoints, Mapping):
             config_url = f"{endpoints.get('config')}/{data.get('apiKey')}?{CONFIG_QUERY}"

@@ -1,6 +1,7 @@
 """A local HTTP capture for analytics clients' transports: a real server on 127.0.0.1 that
 records each POSTed JSON body and answers ``{"code": 200}`` (what Amplitude's HTTP V2 API and
-Segment's batch API both accept as success)."""
+Segment's batch API both accept as success), and ``in_request``, which runs code in the handler
+of a request through ReplayMiddleware."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from replay_middleware import ReplayConfig, ReplayContext, ReplayMiddleware, current_replay
 
 
 class Capture:
@@ -73,3 +82,26 @@ def capture_server() -> Iterator[Capture]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+async def in_request(action: Callable[[], None], *, sample_rate: float = 1.0) -> ReplayContext:
+    """Run ``action`` in the handler of a request through ReplayMiddleware; the request's
+    ReplayContext."""
+    seen: list[ReplayContext] = []
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        ctx = current_replay()
+        assert ctx is not None
+        seen.append(ctx)
+        action()
+        return PlainTextResponse("ok")
+
+    app = ReplayMiddleware(
+        Starlette(routes=[Route("/checkout", endpoint, methods=["POST"])]),
+        config=ReplayConfig(sample_rate=sample_rate),
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        assert (await http.post("/checkout")).status_code == 200
+    return seen[0]

@@ -8,7 +8,7 @@ import contextvars
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,7 +29,7 @@ from replay_middleware import (
 )
 from replay_middleware.amplitude import SessionReplayPlugin
 
-from .capture import Capture, capture_server
+from .capture import Capture, capture_server, in_request
 
 pytestmark = pytest.mark.anyio
 
@@ -57,27 +57,6 @@ def sent(capture: Capture, count: int = 1) -> list[dict[str, Any]]:
     return capture.wait_for(count, lambda body: body["events"])
 
 
-async def in_request(action: Callable[[], None], *, sample_rate: float = 1.0) -> ReplayContext:
-    """Run ``action`` in the handler of a request through ReplayMiddleware; the request's
-    ReplayContext."""
-    seen: list[ReplayContext] = []
-
-    async def endpoint(request: Request) -> PlainTextResponse:
-        ctx = current_replay()
-        assert ctx is not None
-        seen.append(ctx)
-        action()
-        return PlainTextResponse("ok")
-
-    app = ReplayMiddleware(
-        Starlette(routes=[Route("/checkout", endpoint, methods=["POST"])]),
-        config=ReplayConfig(sample_rate=sample_rate),
-    )
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as http:
-        assert (await http.post("/checkout")).status_code == 200
-    return seen[0]
 
 
 async def test_sampled_request_adds_replay_id_device_and_session(
