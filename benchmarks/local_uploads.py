@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy import cpu_model  # benchmarks/proxy.py (this script's folder)
+from proxy import cpu_model, proc_status_kb, reset_peak_rss  # benchmarks/proxy.py (this folder)
 
 TRACK = "/_replay/track"
 QUERY = "device_id=bench-device&session_id=1735689600000&type=replay"
@@ -200,15 +200,6 @@ CASES: dict[str, Callable[[], bytes]] = {
 # --- memory: one upload in a child process -----------------------------------------------------
 
 
-def proc_status_kb(*names: str) -> dict[str, int]:
-    values: dict[str, int] = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in names:
-            values[name] = int(rest.split()[0])
-    return values
-
-
 def local_app(store_dir: str, **options: Any) -> Any:
     from replay_middleware import ReplayConfig, ReplayMiddleware
 
@@ -271,7 +262,7 @@ def child_memory(case: str) -> None:
         assert asyncio.run(post(app, small)) == 200
         body = CASES[case]()
         gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        reset_peak_rss()  # VmHWM := VmRSS
         before = proc_status_kb("VmRSS", "VmHWM")
         t0 = time.perf_counter()
         status = asyncio.run(post(app, body))

@@ -197,26 +197,21 @@ def main() -> None:
     lines += ["", wsgi_section(args.rounds, args.requests, JSON_BODY, HTML_30K)]
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
-    # The upload proxy over real sockets (benchmarks/proxy.py), appended as its own section.
-    section = upload_proxy_section()
-    with Path(args.output).open("a") as out:
-        out.write("\n" + section)
-    print("\n" + section)
-    # Honest uploads next to 200 slow-loris connections (benchmarks/slowloris.py).
-    section = slowloris_section()
-    with Path(args.output).open("a") as out:
-        out.write("\n" + section)
-    print("\n" + section)
-    # Local mode under hostile uploads: memory, stall, WAL (benchmarks/local_uploads.py).
-    section = local_uploads_section()
-    with Path(args.output).open("a") as out:
-        out.write("\n" + section)
-    print("\n" + section)
-    # What a short page view uploads, in a real browser (benchmarks/page_exit.py).
-    section = page_exit_section()
-    with Path(args.output).open("a") as out:
-        out.write("\n" + section)
-    print("\n" + section)
+    # Sections of their own, appended in turn: the upload proxy over real sockets
+    # (benchmarks/proxy.py), honest uploads next to 200 slow-loris connections
+    # (benchmarks/slowloris.py), local mode under hostile uploads: memory, stall, WAL
+    # (benchmarks/local_uploads.py), and what a short page view uploads, in a real browser
+    # (benchmarks/page_exit.py).
+    for make_section in (
+        upload_proxy_section,
+        slowloris_section,
+        local_uploads_section,
+        page_exit_section,
+    ):
+        section = make_section()
+        with Path(args.output).open("a") as out:
+            out.write("\n" + section)
+        print("\n" + section)
 
 
 if __name__ == "__main__":
