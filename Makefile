@@ -41,6 +41,7 @@ demo: setup
 	esac
 
 bench: setup
+	bash scripts/bench-setup.sh
 	$(PY) benchmarks/run.py
 
 # Build and test leftovers; keeps .venv and the fetched SDK.

@@ -54,16 +54,23 @@ SCOPE_KEY = "replay_middleware"
 
 
 def request_info(scope: Scope) -> RequestInfo:
-    """Build the framework-neutral request view from an http scope."""
-    pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers") or ()]
+    """Build the framework-neutral request view from an http scope (one pass over the
+    headers; the same result as ``RequestInfo.from_pairs`` of the decoded pairs)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers") or ():
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name in headers:
+            value = headers[name] + ("; " if name == "cookie" else ", ") + value
+        headers[name] = value
     client = scope.get("client")
-    return RequestInfo.from_pairs(
+    return RequestInfo.from_lowered(
         scope.get("method", "GET"),
         scope.get("path", "/"),
-        pairs,
-        query_string=(scope.get("query_string") or b"").decode("latin-1"),
-        scheme=scope.get("scheme", "http"),
-        client=client[0] if client else None,
+        headers,
+        (scope.get("query_string") or b"").decode("latin-1"),
+        scope.get("scheme", "http"),
+        client[0] if client else None,
     )
 
 
@@ -346,7 +353,11 @@ class _Responder:
             return
         if self.rewriter.passthrough:
             self._mode = "pass"
-            if self.rewriter.headers != headers:
+            appended = self.rewriter.appended
+            if appended is not None:  # the app's header bytes as they are, plus ours
+                if appended:
+                    message = {**message, "headers": [*raw, *encode_headers(appended)]}
+            elif self.rewriter.headers != headers:
                 message = {**message, "headers": encode_headers(self.rewriter.headers)}
             await self._send(message)
             return

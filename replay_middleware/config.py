@@ -12,6 +12,7 @@ option names (case-insensitive, with or without the ``REPLAY_`` prefix) and coer
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -415,6 +416,11 @@ class ReplayConfig:
     def signing_key(self) -> str | None:
         """The newest ``secret_key``: it signs cookies and derives the inspector token."""
         return self.secret_keys[-1] if self.secret_keys else None
+
+    @functools.cached_property
+    def opt_out_cookie_name(self) -> str:
+        """The visitor's own opt-out cookie (``<cookie_name>_optout``, set by the loader)."""
+        return f"{self.cookie_name}_optout"
 
     @property
     def local_mode(self) -> bool:

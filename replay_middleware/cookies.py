@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["dump_cookie"]
+__all__ = ["COOKIE_VALUE", "dump_cookie"]
 
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265 token
-_VALUE = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*")  # cookie-octet, unquoted
+#: RFC 6265 cookie-octets, unquoted: what a cookie value may hold.
+COOKIE_VALUE = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*")
 
 
 def dump_cookie(
@@ -28,7 +29,7 @@ def dump_cookie(
     """
     if not _NAME.fullmatch(name):
         raise ValueError(f"invalid cookie name {name!r}")
-    if not _VALUE.fullmatch(value):
+    if not COOKIE_VALUE.fullmatch(value):
         raise ValueError("cookie value holds characters outside RFC 6265 cookie-octet")
     parts = [f"{name}={value}", f"Path={path}"]
     if max_age is not None:

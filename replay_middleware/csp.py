@@ -18,12 +18,15 @@ stay byte-identical (Z1); malformed input never raises.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+from ._fast import frozen_new
 
 __all__ = [
     "BLOB",
@@ -53,6 +56,7 @@ __all__ = [
     "allows",
     "merge_meta_csp",
     "merge_response_csp",
+    "merge_response_csp_uncached",
     "new_nonce",
     "parse_policy_list",
     "url_sources",
@@ -527,6 +531,10 @@ class CspNeeds:
     merge_report_only: bool = True  # R2
     override_explicit_none: bool = False  # F5
     worker_under_tt: bool = False  # T1
+    #: :func:`merge_response_csp`'s cache for these needs (a per-process cache, not a value).
+    merge_cache: dict[tuple[tuple[tuple[str, str], ...], str | None], _CachedMerge] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         for name in ("script_urls", "connect_urls", "connect_sources"):
@@ -874,7 +882,139 @@ class _Field:
     plans: dict[int, _Plan] = field(default_factory=dict)
 
 
+#: Distinct CSP header sets remembered per ``CspNeeds`` (per process; oldest dropped first).
+MERGE_CACHE_SIZE = 256
+# Stand-ins for nonce values while a merge is computed for the cache: base64 characters only
+# (so they are valid nonces), random per process (so no header can contain one), and ending
+# in "z" after the index (so no stand-in is a prefix of another).
+_STAND_IN = "rmX" + secrets.token_hex(10)
+_OURS = _STAND_IN + "oz"
+# A nonce-source inside the raw text: every occurrence is renamed consistently, so the merge of
+# the renamed text, renamed back, is the merge of the text (the merge depends on nonce values
+# only through their equality).
+_NONCE_IN_TEXT_RE = re.compile(rf"('nonce-)({_BASE64_VALUE})(?=')", re.IGNORECASE)
+_CSP_NAME_LENGTHS = (len(CSP_HEADER), len(CSP_REPORT_ONLY_HEADER))
+
+
+@dataclass(frozen=True)
+class _CachedMerge:
+    """A merge computed with stand-in nonces; ``values[i]`` is the new text of the i-th CSP
+    field (None: unchanged); ``nonce`` is ``_OURS`` or an app nonce's stand-in."""
+
+    feasible: bool
+    reason: str | None
+    nonce: str
+    use_web_worker: bool
+    trusted_types: bool
+    changed: bool
+    nonce_in_headers: bool
+    values: tuple[str | None, ...]
+
+
 def merge_response_csp(
+    headers: Sequence[tuple[str, str]],
+    needs: CspNeeds,
+    nonce: str,
+    *,
+    app_nonce: str | None = None,
+) -> CspResult:
+    """Merge our needs into every CSP and CSP-Report-Only field of ``headers``.
+
+    Same contract as :func:`merge_response_csp_uncached`, which it answers from a per-process
+    cache keyed by the policies' text with every nonce value replaced by a stand-in (apps send
+    a fresh nonce per response, so the raw text never repeats): the merge is computed once per
+    distinct policy set and app-nonce position, and the nonces are put back per response. A
+    page without any CSP field costs one pass over the header names.
+    """
+    _check_nonce(nonce)
+    original = tuple(headers)
+    positions: list[int] = []
+    for index, (name, _) in enumerate(original):
+        if len(name) in _CSP_NAME_LENGTHS and name.lower() in (CSP_HEADER, CSP_REPORT_ONLY_HEADER):
+            positions.append(index)
+    if not positions:
+        # What the full merge returns for no policy at all (G1): nothing to change.
+        return frozen_new(
+            CspResult,
+            feasible=True,
+            reason=None,
+            headers=original,
+            nonce=nonce,
+            use_web_worker=needs.use_worker,
+            trusted_types=False,
+            changed=False,
+            nonce_in_headers=False,
+        )
+    values: list[str] = []  # the stand-in ("canonical") text of each CSP field
+    stand_ins: dict[str, str] = {}  # nonce value -> stand-in
+    key_fields: list[tuple[str, str]] = []
+    for index in positions:
+        name, value = original[index]
+        canonical = value
+        if "nonce-" in value or "NONCE-" in value.upper():
+            # [text, "'nonce-", value, text, ...]: every value becomes its stand-in; the
+            # keyword keeps its case and the closing quote stays in the text that follows.
+            parts = _NONCE_IN_TEXT_RE.split(value)
+            for i in range(2, len(parts), 3):
+                stand_in = stand_ins.get(parts[i])
+                if stand_in is None:
+                    stand_in = stand_ins[parts[i]] = f"{_STAND_IN}{len(stand_ins)}z"
+                parts[i] = stand_in
+            canonical = "".join(parts)
+        values.append(canonical)
+        key_fields.append((name.lower(), canonical))
+    app_key = stand_ins.get(app_nonce) if app_nonce is not None else None
+    cache = needs.merge_cache
+    key = (tuple(key_fields), app_key)
+    entry = cache.get(key)
+    if entry is None:
+        canonical_headers = [(original[i][0], v) for i, v in zip(positions, values, strict=True)]
+        result = merge_response_csp_uncached(canonical_headers, needs, _OURS, app_nonce=app_key)
+        entry = _CachedMerge(
+            feasible=result.feasible,
+            reason=result.reason,
+            nonce=result.nonce,
+            use_web_worker=result.use_web_worker,
+            trusted_types=result.trusted_types,
+            changed=result.changed,
+            nonce_in_headers=result.nonce_in_headers,
+            values=tuple(
+                new if new != old else None
+                for (_, new), old in zip(result.headers, values, strict=True)
+            ),
+        )
+        if len(cache) >= MERGE_CACHE_SIZE:
+            # The oldest entry (insertion order); another thread may change the cache
+            # meanwhile, and then this one skips evicting.
+            with contextlib.suppress(RuntimeError):
+                cache.pop(next(iter(cache), key), None)
+        cache[key] = entry
+    back = {stand_in: value for value, stand_in in stand_ins.items()}
+    back[_OURS] = nonce
+    chosen = back[entry.nonce]
+    headers_out = original
+    if entry.changed:
+        new_headers = list(original)
+        for index, new in zip(positions, entry.values, strict=True):
+            if new is not None:
+                for stand_in, value in back.items():
+                    new = new.replace(stand_in, value)
+                new_headers[index] = (original[index][0], new)
+        headers_out = tuple(new_headers)
+    return frozen_new(
+        CspResult,
+        feasible=entry.feasible,
+        reason=entry.reason,
+        headers=headers_out,
+        nonce=chosen,
+        use_web_worker=entry.use_web_worker,
+        trusted_types=entry.trusted_types,
+        changed=entry.changed,
+        nonce_in_headers=entry.nonce_in_headers,
+    )
+
+
+def merge_response_csp_uncached(
     headers: Sequence[tuple[str, str]],
     needs: CspNeeds,
     nonce: str,

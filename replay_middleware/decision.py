@@ -12,12 +12,14 @@ visitor's own opt-out cookie, GPC, DNT, consent) → ``should_record`` gate → 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._fast import frozen_new
 from .config import ReplayConfig
-from .headers import media_type, parse_cache_control, parse_content_length
+from .headers import index_headers, media_type, parse_cache_control, parse_content_length
 from .identity import Identity
 from .request import RequestInfo
 from .routes import RouteRules
@@ -88,17 +90,17 @@ def request_skip_reason(request: RequestInfo, config: ReplayConfig) -> str | Non
     if request.method != "GET":
         return "method_not_get"
     h = request.headers
+    dest = h.get("sec-fetch-dest")
+    if dest is not None:
+        dest = dest.strip().lower()
     if not config.inject_into_fragments:
         if "hx-request" in h and "hx-boosted" not in h:
             return "fragment_request"
-        if any(name in h for name in ("turbo-frame", "x-up-target", "x-pjax")):
+        if "turbo-frame" in h or "x-up-target" in h or "x-pjax" in h:
             return "fragment_request"
-        if h.get("sec-fetch-dest", "").strip().lower() == "empty":
+        if dest == "empty":
             return "fragment_request"
-    if not config.inject_into_iframes and h.get("sec-fetch-dest", "").strip().lower() in (
-        "iframe",
-        "frame",
-    ):
+    if not config.inject_into_iframes and dest in ("iframe", "frame"):
         return "iframe_request"
     return None
 
@@ -143,7 +145,8 @@ def decide(
             )
     sampled = reason in RECORDING_REASONS
     request_reason = request_skip_reason(request, config) if page_request else None
-    return ReplayContext(
+    return frozen_new(
+        ReplayContext,
         device_id=identity.device_id,
         session_id=identity.session_id,
         sampled=sampled,
@@ -158,7 +161,7 @@ def decide(
 def _opt_out_reason(request: RequestInfo, config: ReplayConfig) -> str | None:
     if config.opt_out:
         return "opted_out_config"
-    if request.cookies.get(f"{config.cookie_name}_optout"):
+    if request.cookies.get(config.opt_out_cookie_name):
         return "opted_out_user"
     if config.respect_gpc and request.headers.get("sec-gpc", "").strip() == "1":
         return "opted_out_gpc"
@@ -186,23 +189,25 @@ _NON_ASCII_CHARSETS = (
 
 
 def response_skip_reason(
-    status: int, headers: Sequence[tuple[str, str]], config: ReplayConfig
+    status: int,
+    headers: Sequence[tuple[str, str]],
+    config: ReplayConfig,
+    *,
+    by_name: dict[str, list[str]] | None = None,
 ) -> str | None:
-    """H1's response-side checks, H5's framing checks and H8's marker, in a fixed order."""
+    """H1's response-side checks, H5's framing checks and H8's marker, in a fixed order.
+
+    ``by_name``: ``headers.index_headers(headers)`` when the caller has it already."""
     if status not in config.inject_status:
         return "status"
-    by_name: dict[str, list[str]] = {}
-    for name, value in headers:
-        by_name.setdefault(name.lower(), []).append(value)
+    if by_name is None:
+        by_name = index_headers(headers)
     if MARKER_HEADER in by_name:
         return "already_injected"
     ctypes = by_name.get("content-type", ())
-    mtype, params = media_type(ctypes[0] if len(ctypes) == 1 else None)
-    if mtype != "text/html":
-        return "not_html"
-    charset = params.get("charset", "").strip().lower()
-    if charset.startswith(_NON_ASCII_CHARSETS):
-        return "charset"
+    reason = _content_type_reason(ctypes[0] if len(ctypes) == 1 else None)
+    if reason is not None:
+        return reason
     for value in by_name.get("content-encoding", ()):
         if any(e.strip().lower() not in ("", "identity") for e in value.split(",")):
             return "encoded"
@@ -215,6 +220,19 @@ def response_skip_reason(
         return "no_transform"
     if status == 206 or "content-range" in by_name:
         return "partial"
-    if "content-length" in by_name and parse_content_length(headers) is False:
+    if "content-length" in by_name and parse_content_length(headers, by_name=by_name) is False:
         return "bad_length"
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _content_type_reason(value: str | None) -> str | None:
+    """"not_html" or "charset" for a Content-Type value, else None (a site sends a handful
+    of distinct values, so the parse is cached)."""
+    mtype, params = media_type(value)
+    if mtype != "text/html":
+        return "not_html"
+    charset = params.get("charset", "").strip().lower()
+    if charset.startswith(_NON_ASCII_CHARSETS):
+        return "charset"
     return None

@@ -25,11 +25,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs
 
+from ._fast import frozen_new
 from .config import SDK_DEFAULT_OPTIONS, ReplayConfig
+from .cookies import COOKIE_VALUE as _COOKIE_VALUE
 from .cookies import dump_cookie
 from .csp import CspNeeds
 from .decision import DECISION_HEADER, ReplayContext, decide
 from .identity import IdentityCodec, IdentityResult, resolve_identity
+from .injection import ScanCache
 from .inspector import Inspector, inspector_token_for
 from .local_store import LocalStore
 from .proxy import DEFAULT_UPSTREAMS, ENDPOINT_TOO_LARGE, RemoteSampling
@@ -153,6 +156,10 @@ class ReplayEngine:
                 "per-process key, so visitors get new ids whenever the process restarts"
             )
         self.codec = IdentityCodec(secret)
+        self._cookie_name = config.cookie_name
+        self._cookie_attributes = {
+            secure: self._identity_cookie_attributes(secure) for secure in (False, True)
+        }
         notices = [*notices, *config.startup_warnings(), *self.routes.browser_warnings]
 
         prefix = config.prefix
@@ -227,6 +234,8 @@ class ReplayEngine:
             for glob, level in config.route_mask_levels.items()
         )
         self._no_routes = RouteRules((), None)
+        #: Insertion points of the heads this process has seen (injection.ScanCache).
+        self.scan_cache = ScanCache()
         self.store: LocalStore | None = None
         self.inspector: Inspector | None = None
         if config.local_mode:
@@ -278,10 +287,21 @@ class ReplayEngine:
         if self._origin_scheme is not None and request.scheme != self._origin_scheme:
             self._scheme_mismatch(request.scheme)
         identity = resolve_identity(request, self.config, self.codec, self.now_ms())
-        ctx = decide(request, identity.identity, self.config, self.routes, **_remote_args(remote))
+        if remote is None:
+            ctx = decide(request, identity.identity, self.config, self.routes)
+        else:
+            ctx = decide(
+                request, identity.identity, self.config, self.routes, **_remote_args(remote)
+            )
         if identity.event:
             logger.debug("identity: %s (source %s)", identity.event, identity.identity.source)
-        return RequestState(request, ctx, identity, self._is_secure(request))
+        return frozen_new(
+            RequestState,
+            request=request,
+            context=ctx,
+            identity=identity,
+            secure=self._is_secure(request),
+        )
 
     def _scheme_mismatch(self, scheme: str) -> None:
         # O4: behind a TLS-terminating proxy the server must be told the original scheme,
@@ -317,15 +337,22 @@ class ReplayEngine:
         return bool(self.config.cookie_secure)
 
     def identity_cookie(self, value: str, secure: bool) -> str:
+        """The identity ``Set-Cookie`` value; the attributes are built once per ``secure``."""
+        if not _COOKIE_VALUE.fullmatch(value):
+            raise ValueError("cookie value holds characters outside RFC 6265 cookie-octet")
+        return f"{self._cookie_name}={value}{self._cookie_attributes[secure]}"
+
+    def _identity_cookie_attributes(self, secure: bool) -> str:
         c = self.config
-        return dump_cookie(
+        whole = dump_cookie(
             c.cookie_name,
-            value,
+            "",
             max_age=c.device_max_age,
             domain=c.cookie_domain,
             secure=secure or c.cookie_samesite == "None",
             samesite=c.cookie_samesite,
         )
+        return whole[len(c.cookie_name) + 1 :]
 
     def snippet_options(self, ctx: ReplayContext | None, *, use_web_worker: bool) -> dict[str, Any]:
         """Per-request SDK options: the sample rate the SDK should apply and CSP-driven ones."""
@@ -357,7 +384,7 @@ class ReplayEngine:
         """The snippet for one response; ``per_user`` False gives the cache-safe form (H10)."""
         ctx = state.context if state is not None and per_user else None
         options = self.snippet_options(ctx, use_web_worker=use_web_worker)
-        if state is not None:
+        if state is not None and self._mask_levels:
             level = self.mask_level_for(RouteRules.normalize(state.request.path))
             if level:
                 privacy = dict(self.renderer.settings.base_options.get("privacyConfig") or {})

@@ -19,6 +19,7 @@ __all__ = [
     "cache_directives",
     "get_all",
     "get_first",
+    "index_headers",
     "is_shared_cacheable",
     "is_targeted_cache_field",
     "media_type",
@@ -32,6 +33,20 @@ Headers = Sequence[tuple[str, str]]
 _UTC = datetime.timezone.utc
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def index_headers(headers: Headers) -> dict[str, list[str]]:
+    """Every value by lower-cased name, in order: one pass over a header list, for callers
+    that ask several questions about the same headers (``by_name`` arguments below)."""
+    by_name: dict[str, list[str]] = {}
+    for name, value in headers:
+        key = name.lower()
+        values = by_name.get(key)
+        if values is None:
+            by_name[key] = [value]
+        else:
+            values.append(value)
+    return by_name
 
 
 def get_all(headers: Headers, name: str) -> list[str]:
@@ -153,7 +168,17 @@ def is_targeted_cache_field(name: str) -> bool:
     return name == "cdn-cache-control" or name.endswith("-cdn-cache-control")
 
 
-def is_shared_cacheable(headers: Headers, status: int = 200, *, now: float | None = None) -> bool:
+# The fields that can make a response shared-cacheable, besides the targeted ones.
+_CACHEABILITY_FIELDS = frozenset({"surrogate-control", "cache-control", "expires", "last-modified"})
+
+
+def is_shared_cacheable(
+    headers: Headers,
+    status: int = 200,
+    *,
+    now: float | None = None,
+    by_name: dict[str, list[str]] | None = None,
+) -> bool:
     """True when a shared cache (CDN, proxy) may store this response (SPEC H10).
 
     Errs towards True: a wrong True costs the visitor one ``/session`` request, a wrong False
@@ -174,7 +199,16 @@ def is_shared_cacheable(headers: Headers, status: int = 200, *, now: float | Non
       §5.2.2.4), a heuristically cacheable ``status`` with ``Last-Modified`` (§4.2.2).
 
     ``Pragma`` is ignored: it has no defined meaning in responses (RFC 9111 §5.4).
+
+    ``by_name`` (:func:`index_headers` of ``headers``) lets the common answer, a response
+    with none of these fields, be found without another pass.
     """
+    if (
+        by_name is not None
+        and _CACHEABILITY_FIELDS.isdisjoint(by_name)
+        and not any(map(is_targeted_cache_field, by_name))
+    ):
+        return False  # nothing below can say True without one of these fields
     if get_first(headers, "surrogate-control") is not None:
         return True
     targeted: dict[str, list[str]] = {}
@@ -375,15 +409,24 @@ class _SfParser:
         raise _SfError("unterminated string")
 
 
-def parse_content_length(headers: Headers) -> int | bool | None:
+def parse_content_length(
+    headers: Headers, *, by_name: dict[str, list[str]] | None = None
+) -> int | bool | None:
     """The Content-Length: an int; ``None`` when absent; ``False`` when invalid or duplicated
     with different values (RFC 9110 §8.6 — such a response is passed through untouched)."""
-    values = get_all(headers, "content-length")
+    values = (
+        get_all(headers, "content-length")
+        if by_name is None
+        else by_name.get("content-length", ())
+    )
     if not values:
         return None
-    seen: set[str] = set()
-    for value in values:
-        seen.update(v.strip() for v in value.split(","))
+    if len(values) == 1 and "," not in values[0]:
+        seen = {values[0].strip()}  # the usual single, plain value
+    else:
+        seen = set()
+        for value in values:
+            seen.update(v.strip() for v in value.split(","))
     if len(seen) != 1:
         return False
     only = seen.pop()

@@ -38,13 +38,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from base64 import urlsafe_b64encode
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from itsdangerous import Signer
-from itsdangerous.encoding import base64_decode, base64_encode
 
+from ._fast import frozen_new
 from .config import ReplayConfig
 from .request import RequestInfo
 
@@ -107,6 +108,21 @@ def derive_secret_key(app_secret: str | bytes) -> str:
     return hmac.new(raw, b"replay_middleware.identity-cookie", hashlib.sha256).hexdigest()
 
 
+def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-1 states after ``key XOR ipad`` and ``key XOR opad`` (RFC 2104, block 64 bytes)."""
+    if len(key) > 64:
+        key = hashlib.sha1(key).digest()
+    key = key.ljust(64, b"\0")
+    return (
+        hashlib.sha1(key.translate(_IPAD)),
+        hashlib.sha1(key.translate(_OPAD)),
+    )
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 class IdentityCodec:
     """Signs and reads our identity cookie value: ``device.session.last.signature``.
 
@@ -126,15 +142,23 @@ class IdentityCodec:
         # Newest first: the common case (a cookie we signed lately) costs one HMAC.
         self._keys = tuple(signer.derive_key(key) for key in reversed(signer.secret_keys))
         self._key = self._keys[0]
+        # HMAC-SHA1 (RFC 2104) with the keyed inner and outer states hashed once per key: a
+        # signature is then two copies and two short updates (hmac.digest re-keys each time).
+        self._pads = {key: _hmac_pads(key) for key in self._keys}
 
     def _signature(self, payload: bytes, key: bytes | None = None) -> bytes:
-        return base64_encode(hmac.digest(key or self._key, payload, "sha1"))
+        """itsdangerous' signature: base64url of the HMAC-SHA1, without padding."""
+        inner, outer = self._pads[key or self._key]
+        inner = inner.copy()
+        inner.update(payload)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        return urlsafe_b64encode(outer.digest()).rstrip(b"=")
 
     def dumps(self, identity: Identity) -> str:
-        payload = f"{identity.device_id}.{identity.session_id}.{identity.last_activity}".encode(
-            "ascii"
-        )
-        return (payload + b"." + self._signature(payload)).decode("ascii")
+        payload = f"{identity.device_id}.{identity.session_id}.{identity.last_activity}"
+        signature = self._signature(payload.encode("ascii")).decode("ascii")
+        return f"{payload}.{signature}"
 
     def loads(self, value: str) -> Identity | None:
         """The identity in ``value``, or None when it is malformed or its signature is bad."""
@@ -149,20 +173,15 @@ class IdentityCodec:
         payload, sep, signature = value.encode("ascii").rpartition(b".")
         if not sep:
             return None
-        try:
-            given = base64_decode(signature)
-        except Exception:  # malformed base64: a bad signature
-            return None
-        # A constant-time comparison per key; which key matched is no secret.
-        matched = next(
-            (
-                index
-                for index, key in enumerate(self._keys)
-                if hmac.compare_digest(given, base64_decode(self._signature(payload, key)))
-            ),
-            None,
-        )
-        if matched is None:
+        # A constant-time comparison per key, of the signature as we write it (base64url, no
+        # padding: another spelling of the same bytes is refused); which key matched is no
+        # secret.
+        matched = -1
+        for index, key in enumerate(self._keys):
+            if hmac.compare_digest(signature, self._signature(payload, key)):
+                matched = index
+                break
+        if matched < 0:
             return None
         parts = payload.decode("ascii").split(".")
         if len(parts) != 3 or not _OUR_DEVICE_ID.fullmatch(parts[0]):
@@ -171,7 +190,14 @@ class IdentityCodec:
             parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()
         ):
             return None
-        return Identity(parts[0], int(parts[1]), int(parts[2]), "cookie"), matched > 0
+        identity = frozen_new(
+            Identity,
+            device_id=parts[0],
+            session_id=int(parts[1]),
+            last_activity=int(parts[2]),
+            source="cookie",
+        )
+        return identity, matched > 0
 
 
 def _plausible_session(value: object, now_ms: int) -> int | None:
@@ -215,7 +241,7 @@ def _amplitude_cookie(value: str, now_ms: int) -> tuple[str, int] | None:
     return None
 
 
-def _segment_cookies(cookies: dict[str, str], now_ms: int) -> tuple[str, int] | None:
+def _segment_cookies(cookies: Mapping[str, str], now_ms: int) -> tuple[str, int] | None:
     anon = cookies.get("ajs_anonymous_id")
     session_raw = cookies.get("analytics_session_id")
     if not anon or not session_raw:
@@ -235,9 +261,10 @@ def _segment_cookies(cookies: dict[str, str], now_ms: int) -> tuple[str, int] | 
 
 def new_device_id() -> str:
     """A random UUID4 string (``uuid.uuid4()`` is several times slower; this runs per new visitor)."""
-    n = int.from_bytes(os.urandom(16), "big")
-    n = (n & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
-    h = f"{n:032x}"
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -260,7 +287,7 @@ def resolve_identity(
     now and a timed-out session rolls over to a new session id; without it (a cacheable
     response that must not carry per-user data) nothing changes and no cookie is written.
     """
-    cookies = dict(request.cookies)
+    cookies = request.cookies
     own_raw = cookies.get(config.cookie_name)
     read = codec.read(own_raw) if own_raw else None
     own, old_key = read if read is not None else (None, False)
@@ -295,7 +322,9 @@ def resolve_identity(
         identity = Identity(external[0], external[1], now_ms, source)
     elif own is None:
         event = "new_device"
-        identity = Identity(new_device_id(), now_ms, now_ms, "new")
+        identity = frozen_new(
+            Identity, device_id=new_device_id(), session_id=now_ms, last_activity=now_ms, source="new"
+        )
     elif (
         own.session_id > now_ms + _FUTURE_SLACK_MS or own.last_activity > now_ms + _FUTURE_SLACK_MS
     ):
@@ -306,8 +335,20 @@ def resolve_identity(
         event = "session_timeout"
         identity = Identity(own.device_id, now_ms, now_ms, "cookie")
     elif touch:
-        identity = replace(own, last_activity=now_ms)
+        identity = frozen_new(
+            Identity,
+            device_id=own.device_id,
+            session_id=own.session_id,
+            last_activity=now_ms,
+            source=own.source,
+        )
     else:
         identity = own
 
-    return IdentityResult(identity, touch and (old_key or identity != own), event, old_key)
+    return frozen_new(
+        IdentityResult,
+        identity=identity,
+        write_cookie=touch and (old_key or identity != own),
+        event=event,
+        old_key=old_key,
+    )

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
-__all__ = ["Injector", "Insertion", "MetaPolicy", "Render", "inject"]
+__all__ = ["Injector", "Insertion", "MetaPolicy", "Render", "ScanCache", "inject"]
 
 
 @dataclass(frozen=True)
@@ -332,6 +332,9 @@ def _closes_head(is_end: bool, name: bytes) -> bool:
     return name in _HEAD_END_TAGS if is_end else name not in _HEAD_START_TAGS
 
 
+_HTTP_EQUIV_RE: Final = re.compile(rb"http-equiv", re.IGNORECASE)  # ASCII case folding
+
+
 def _meta_policy(buf: bytes | bytearray, start: int, stop: int) -> MetaPolicy | None:
     """Return the CSP policy of a ``<meta>`` whose attribute region is ``buf[start:stop]``."""
     spans: dict[bytes, tuple[int, int] | None] = {}
@@ -356,6 +359,90 @@ def _unescape(buf: bytes | bytearray, start: int, stop: int) -> str:
     return html.unescape(raw.decode("utf-8", "replace"))
 
 
+class ScanCache:
+    """Insertion points already found, keyed by the bytes that decided them (per process).
+
+    Most sites serve a few distinct heads, byte for byte, over and over: the scan of the
+    head is then a dictionary lookup. An entry is a prefix ``P`` of an earlier body with the
+    insertion point and ``<meta>`` policies found in it; it is stored only after a fresh
+    injector, fed ``P`` alone and not told that the body ended, decided the same. Since an
+    injector's decision never depends on how the body is chunked (module docstring), every
+    body that starts with ``P`` gets that decision: a hit is exact, not a heuristic.
+
+    Bounded: at most ``max_entries`` prefixes of at most ``max_prefix`` bytes, in at most
+    ``max_lengths`` distinct lengths (each length costs one slice and one lookup per body).
+    When bodies keep missing (a head holding a per-response nonce or token), it stops
+    learning, so such sites pay only the lookups.
+    """
+
+    __slots__ = ("_entries", "_hits", "_learned", "_lengths", "max_entries", "max_prefix")
+
+    max_lengths: Final = 8
+
+    def __init__(self, *, max_entries: int = 64, max_prefix: int = 8192) -> None:
+        self.max_entries = max_entries
+        self.max_prefix = max_prefix
+        self._entries: dict[bytes, tuple[int, tuple[MetaPolicy, ...]]] = {}
+        self._lengths: tuple[int, ...] = ()
+        self._hits = 0
+        self._learned = 0
+
+    def lookup(
+        self, buf: bytes | bytearray, start: int, stop: int
+    ) -> tuple[int, tuple[MetaPolicy, ...]] | None:
+        """The decision for a body whose first ``stop`` bytes are known, trying only prefix
+        lengths above ``start`` (the ones an earlier call could not try yet)."""
+        for length in self._lengths:
+            if start < length <= stop:
+                entry = self._entries.get(bytes(buf[:length]))
+                if entry is not None:
+                    self._hits += 1
+                    return entry
+        return None
+
+    def learn(
+        self,
+        buf: bytes | bytearray,
+        ip: int,
+        metas: Sequence[MetaPolicy],
+        *,
+        limit: int,
+        marker: bytes,
+    ) -> None:
+        """Remember the decision ``ip``/``metas`` made on ``buf``, if a prefix decides it."""
+        if self._learned > 32 and self._hits < self._learned:
+            return  # mostly misses: the heads differ per response
+        # The bytes the decision needs: through the end of the tag at ``ip``, or the one
+        # character of data there. The check below makes any choice safe.
+        close = buf.find(b">", ip, ip + self.max_prefix) if buf[ip : ip + 1] == b"<" else ip
+        end = close + 1
+        if close < 0 or end > self.max_prefix or end > limit:
+            return
+        prefix = bytes(buf[:end])
+        if prefix in self._entries:
+            return
+        lengths = self._lengths
+        if end not in lengths and len(lengths) >= self.max_lengths:
+            return
+        probe = Injector(_never_render, max_scan_bytes=limit, marker=marker)
+        probe._buf = prefix
+        if probe._scan(False) != ip or tuple(probe._metas) != tuple(metas):
+            return
+        self._learned += 1
+        if len(self._entries) >= self.max_entries:
+            try:
+                self._entries.pop(next(iter(self._entries)), None)  # the oldest
+            except RuntimeError:  # changed by another thread meanwhile
+                return
+        self._entries[prefix] = (ip, tuple(metas))
+        if end not in lengths:
+            self._lengths = tuple(sorted({*lengths, end}))
+
+
+def _never_render(metas: Sequence[MetaPolicy]) -> Insertion | str:
+    raise AssertionError("a ScanCache probe never renders")
+
+
 class Injector:
     """Streaming injector for one response body; see the module docstring for the contract.
 
@@ -367,12 +454,14 @@ class Injector:
     __slots__ = (
         "_added",
         "_buf",
+        "_cache",
         "_closed",
         "_depth",
         "_document",
         "_done",
         "_injected",
         "_limit",
+        "_looked",
         "_marker",
         "_metas",
         "_passthrough",
@@ -393,6 +482,7 @@ class Injector:
         *,
         max_scan_bytes: int = 256 * 1024,
         marker: bytes = b"replay-middleware-config",
+        cache: ScanCache | None = None,
     ) -> None:
         if max_scan_bytes < 0:
             raise ValueError(f"max_scan_bytes must be >= 0, got {max_scan_bytes!r}")
@@ -416,6 +506,8 @@ class Injector:
         self._injected = False
         self._reason: str | None = None
         self._added = 0
+        self._cache = cache
+        self._looked = 0  # how many leading bytes the cache was already asked about
 
     @property
     def done(self) -> bool:
@@ -471,6 +563,14 @@ class Injector:
     # -- internals ----------------------------------------------------------------------------
 
     def _advance(self, *, eof: bool) -> bytes:
+        cache = self._cache
+        if cache is not None:
+            known = min(len(self._buf), self._limit)
+            hit = cache.lookup(self._buf, self._looked, known)
+            self._looked = known
+            if hit is not None:
+                self._metas = list(hit[1])
+                return self._insert(hit[0])
         outcome = self._scan(eof)
         if outcome is None:
             if len(self._buf) <= self._limit and not eof:
@@ -478,6 +578,8 @@ class Injector:
             outcome = "scan_limit"
         if isinstance(outcome, str):
             return self._release(outcome)
+        if cache is not None:
+            cache.learn(self._buf, outcome, self._metas, limit=self._limit, marker=self._marker)
         return self._insert(outcome)
 
     def _release(self, reason: str) -> bytes:
@@ -733,7 +835,9 @@ class Injector:
                 return q
             if is_end:
                 return None  # "before head" and "in head" ignore every other end tag
-            if name == b"meta":
+            # Only a meta with an http-equiv attribute can carry a policy (most are charset,
+            # viewport, description ones: no attribute walk for those).
+            if name == b"meta" and _HTTP_EQUIV_RE.search(self._buf, a0, a1) is not None:
                 policy = _meta_policy(self._buf, a0, a1)
                 if policy is not None:
                     self._metas.append(policy)

@@ -86,6 +86,30 @@ class RequestInfo:
             client=client,
         )
 
+    @classmethod
+    def from_lowered(
+        cls,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        query_string: str,
+        scheme: str,
+        client: str | None,
+    ) -> RequestInfo:
+        """Build from a header dict whose names are lower-cased and repeats joined already
+        (the ASGI adapter builds it in its one pass over the scope); the per-request fast path,
+        equal to :meth:`from_pairs` of the same headers."""
+        info = object.__new__(cls)  # frozen: fill __dict__ directly, as __init__ would
+        info.__dict__.update(
+            method=method.upper(),
+            path=path or "/",
+            query_string=query_string,
+            headers=MappingProxyType(headers),
+            scheme=scheme,
+            client=client,
+        )
+        return info
+
     def header(self, name: str, default: str | None = None) -> str | None:
         """The value of header ``name`` (case-insensitive), or ``default``."""
         return self.headers.get(name.lower(), default)

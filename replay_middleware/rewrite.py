@@ -16,10 +16,11 @@ import html
 import logging
 from collections.abc import Sequence
 
+from ._fast import frozen_new
 from .csp import CspResult, merge_meta_csp, merge_response_csp, new_nonce
 from .decision import DECISION_HEADER, MARKER_HEADER, response_skip_reason
 from .engine import ROUTE_LEVEL_REASONS, ReplayEngine, RequestState
-from .headers import is_shared_cacheable, parse_content_length
+from .headers import index_headers, is_shared_cacheable, parse_content_length
 from .injection import Injector, Insertion, MetaPolicy
 from .snippet import DATA_BLOCK_ID
 
@@ -33,6 +34,9 @@ Headers = list[tuple[str, str]]
 _DROP_WHEN_MODIFIED = frozenset(
     {"content-md5", "digest", "repr-digest", "content-digest", "accept-ranges"}
 )
+_MARKER = DATA_BLOCK_ID.encode()
+# Every header name the injected response changes: dropped ones, Content-Length, ETag.
+_EDITED_WHEN_MODIFIED = _DROP_WHEN_MODIFIED | {"content-length", "etag"}
 
 
 class ResponseRewriter:
@@ -61,12 +65,16 @@ class ResponseRewriter:
         self.ready = False
         self.reason: str | None = None
         self.headers: Headers = []
+        #: When ``headers`` is the app's headers with these added at the end (a passthrough):
+        #: an adapter may send the app's own header objects and encode only these; else None.
+        self.appended: Headers | None = None
         self._original: Headers = []
         self._pending: Headers = []
         self._extra: Headers = []
         self._injector: Injector | None = None
         self._csp: CspResult | None = None
         self._per_user = True
+        self._length: int | bool | None = None
 
     # -- decision on the status line ---------------------------------------------------------
 
@@ -74,7 +82,13 @@ class ResponseRewriter:
         engine, ctx = self.engine, self.state.context
         config = engine.config
         self._original = list(headers)
-        reason = ctx.reason if not ctx.eligible else response_skip_reason(status, headers, config)
+        by_name = index_headers(self._original)  # one pass, for every question below
+        self._length = parse_content_length(self._original, by_name=by_name)
+        reason = (
+            ctx.reason
+            if not ctx.eligible
+            else response_skip_reason(status, self._original, config, by_name=by_name)
+        )
         if reason == "encoded":
             # O4: an HTML page already compressed means a compression middleware runs
             # between the app and us; every page then goes out without the recorder.
@@ -88,7 +102,9 @@ class ResponseRewriter:
                 "ReplayWSGIMiddleware in the compressing middleware, not the reverse)",
                 self.state.request.path,
             )
-        cacheable = reason is None and is_shared_cacheable(headers, status)
+        cacheable = reason is None and is_shared_cacheable(
+            self._original, status, by_name=by_name
+        )
         if reason is None and not cacheable:
             # An HTML page for this visitor: keep the identity (sticky sampling, I1, I4).
             self._extra = self.state.cookie_headers(engine)
@@ -130,15 +146,18 @@ class ResponseRewriter:
         self.passthrough = False
         self._pending = list(self._csp.headers) if self._csp is not None else list(headers)
         self._injector = Injector(
-            self._render, max_scan_bytes=config.max_scan_bytes, marker=DATA_BLOCK_ID.encode()
+            self._render,
+            max_scan_bytes=config.max_scan_bytes,
+            marker=_MARKER,
+            cache=engine.scan_cache,
         )
 
     def _finish_passthrough(self, reason: str, *, keep_cookie: bool = False) -> None:
         self.reason = reason
         self.passthrough = True
         self.ready = True
-        extra = self._extra if keep_cookie else []
-        self.headers = self._original + extra + self._debug(reason)
+        self.appended = (self._extra if keep_cookie else []) + self._debug(reason)
+        self.headers = self._original + self.appended
 
     def _debug(self, reason: str) -> Headers:
         if not self.engine.config.show_debug_header:
@@ -175,7 +194,7 @@ class ResponseRewriter:
             use_web_worker=use_worker,
             static_sdk=trusted_types,
         )
-        return Insertion(snippet=snippet.encode("ascii"), meta_rewrites=rewrites)
+        return frozen_new(Insertion, snippet=snippet.encode("ascii"), meta_rewrites=rewrites)
 
     # -- the body -----------------------------------------------------------------------------
 
@@ -208,18 +227,20 @@ class ResponseRewriter:
             return
         self.reason = "injected"
         headers: Headers = []
-        length = parse_content_length(self._pending)
-        for name, value in self._pending:
-            key = name.lower()
-            if key in _DROP_WHEN_MODIFIED:
-                continue
-            if key == "content-length":
-                if isinstance(length, int) and not isinstance(length, bool):
-                    headers.append((name, str(length + injector.added)))
-                continue
-            if key == "etag" and not value.lstrip().startswith("W/"):
-                value = "W/" + value.strip()
-            headers.append((name, value))
+        length = self._length  # the CSP merge leaves Content-Length alone
+        for pair in self._pending:
+            key = pair[0].lower()
+            if key in _EDITED_WHEN_MODIFIED:
+                if key == "content-length":
+                    if type(length) is int:  # not a bool (an invalid length), not None
+                        headers.append((pair[0], str(length + injector.added)))
+                    continue
+                if key == "etag":
+                    if not pair[1].lstrip().startswith("W/"):
+                        pair = (pair[0], "W/" + pair[1].strip())
+                else:
+                    continue  # representation metadata of the unmodified body
+            headers.append(pair)
         if self._per_user:
             _add_vary_cookie(headers)
         headers.append((MARKER_HEADER, "injected"))

@@ -128,6 +128,11 @@ def is_session_in_sample(session_id: int | float | str, sample_rate: float) -> b
         raise TypeError(f"sample_rate must be a number in 0..1, not {type(sample_rate).__name__}")
     if not 0 <= sample_rate <= 1:  # also rejects NaN
         raise ValueError(f"sample_rate must be between 0 and 1 inclusive, got {sample_rate!r}")
+    if sample_rate == 0 or sample_rate == 1:
+        # h / M is in [0, 1): below 1 always, below 0 never; the hash cannot change that
+        # (the session id is still checked, so the errors below are the same).
+        js_string(session_id)
+        return sample_rate == 1
     # int / int true division is correctly rounded, like JS's double division of two exact
     # doubles (both operands are < 2**53), so the comparison is bit-for-bit the SDK's.
     return session_hash(session_id) % _SAMPLE_MODULUS / _SAMPLE_MODULUS < sample_rate

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import jinja2
@@ -28,6 +29,19 @@ DATA_BLOCK_ID = "replay-middleware-config"
 # CSP3 base64-value; also keeps the attribute free of quotes and markup.
 _NONCE_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027"})
+
+
+# How many distinct per-request option sets are serialised once and kept (see
+# SnippetRenderer._options_json); the rest are serialised per response.
+_OPTIONS_CACHE_SIZE = 64
+_SLOTS = re.compile("(\x00DATA\x00|\x00NONCE\x00)")
+
+
+def _json_string(value: str) -> str:
+    """``dumps_for_html`` of one string (the C encoder, then the HTML escapes)."""
+    if type(value) is not str:
+        raise TypeError("a device id must be a str")
+    return encode_basestring_ascii(value).translate(_ESCAPES)
 
 
 def dumps_for_html(value: Any) -> str:
@@ -104,6 +118,18 @@ class SnippetRenderer:
         self._tail = dumps_for_html(
             {"routes": dict(s.routes), "optOutCookie": f"{s.cookie_name}_optout"}
         )[1:]
+        # The markup as pieces with the data and nonce slots between them, per (static_sdk,
+        # with a nonce): a response only joins strings.
+        self._pieces = {
+            (static_sdk, with_nonce): tuple(
+                _SLOTS.split(shape if with_nonce else shape.replace(f' nonce="{self._NONCE}"', ""))
+            )
+            for static_sdk, shape in self._shapes.items()
+            for with_nonce in (False, True)
+        }
+        #: ``"options":{...}`` for the per-request options seen so far (a handful of distinct
+        #: sample rates and worker flags); bounded, see ``_options_json``.
+        self._options_cache: dict[tuple[object, ...], str] = {}
 
     def data(
         self,
@@ -127,21 +153,41 @@ class SnippetRenderer:
         options: Mapping[str, Any] | None,
         static_sdk: bool,
     ) -> str:
-        merged = self._base_options
-        if options:
-            merged = {**merged, **options}
-        variable = dumps_for_html(
-            {
-                "ids": None
-                if ids is None
-                else {"deviceId": ids[0], "sessionId": ids[1], "lastActivity": ids[2]},
-                "record": record,
-            }
-        )[1:-1]
+        if ids is None:
+            variable = '"ids":null'
+        else:
+            device, session, last = ids
+            # ints are written by int.__str__, exactly as json.dumps writes them
+            if type(session) is not int or type(last) is not int:
+                raise TypeError("session id and last activity must be ints")
+            variable = (
+                f'"ids":{{"deviceId":{_json_string(device)},'
+                f'"sessionId":{session},"lastActivity":{last}}}'
+            )
+        flag = "null" if record is None else "true" if record else "false"
         return (
-            f"{self._head[static_sdk]},{variable},{self._endpoints},"
-            f'"options":{dumps_for_html(merged)},{self._tail}'
+            f'{self._head[static_sdk]},{variable},"record":{flag},{self._endpoints},'
+            f"{self._options_json(options)},{self._tail}"
         )
+
+    def _options_json(self, options: Mapping[str, Any] | None) -> str:
+        """``"options":{...}``: the base options with this request's on top. The common
+        per-request options (a sample rate and the worker flag) are serialised once each."""
+        key: tuple[object, ...] | None = None
+        if options and len(options) <= 2:
+            # (name, value, type): True, 1 and 1.0 are equal keys but serialise differently
+            key = tuple([(k, v, v.__class__) for k, v in options.items()])
+            try:
+                cached = self._options_cache.get(key)
+            except TypeError:  # an unhashable value (a privacyConfig dict): not cached
+                key = cached = None
+            if cached is not None:
+                return cached
+        merged = {**self._base_options, **options} if options else self._base_options
+        text = f'"options":{dumps_for_html(merged)}'
+        if key is not None and len(self._options_cache) < _OPTIONS_CACHE_SIZE:
+            self._options_cache[key] = text
+        return text
 
     def render(
         self,
@@ -155,9 +201,8 @@ class SnippetRenderer:
         """The snippet markup (ASCII). ``nonce`` None renders no nonce attribute."""
         if nonce is not None and not _NONCE_RE.fullmatch(nonce):
             raise ValueError("nonce must be a base64 or base64url value")
-        shape = self._shapes[static_sdk]
         data = self._json(ids=ids, record=record, options=options, static_sdk=static_sdk)
-        html = shape.replace(self._DATA, data)
-        if nonce:
-            return html.replace(self._NONCE, nonce)
-        return html.replace(f' nonce="{self._NONCE}"', "")
+        slots = {self._DATA: data, self._NONCE: nonce}
+        return "".join(
+            [slots.get(piece, piece) for piece in self._pieces[static_sdk, bool(nonce)]]  # type: ignore[misc]
+        )

@@ -11,7 +11,7 @@ import string
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from replay_middleware.csp import (
@@ -34,6 +34,7 @@ from replay_middleware.csp import (
     allows,
     merge_meta_csp,
     merge_response_csp,
+    merge_response_csp_uncached,
     new_nonce,
     parse_policy_list,
     url_sources,
@@ -2151,3 +2152,87 @@ def test_property_never_raises_and_a_second_merge_changes_nothing(
     assert again.feasible
     assert not again.changed, (result.headers, again.headers)
     assert again.use_web_worker == result.use_web_worker
+
+
+# The cache (issue 10): merge_response_csp answers from a per-process cache keyed by the
+# policies with their nonce values replaced by stand-ins. It must give exactly what the full
+# merge gives, on the first sight of a policy set and on every later response with other
+# nonces; the alphabet adds case variants, padded values, glued and broken nonce tokens.
+CACHE_ALPHABET = st.sampled_from(
+    [
+        "script-src ",
+        "default-src ",
+        "connect-src ",
+        "worker-src ",
+        "require-trusted-types-for 'script'",
+        "sandbox allow-scripts",
+        SELF,
+        UNSAFE_INLINE,
+        STRICT_DYNAMIC,
+        "'nonce-abc'",
+        "'NONCE-abc'",
+        "'nonce-xyz=='",
+        "'nonce-abc''nonce-xyz'",
+        "'nonce-'",
+        "'nonce-ab c'",
+        "'sha256-abc='",
+        "https://abc.example",
+        "https:",
+        "*",
+        "https://api-sr.amplitude.com",
+        "blob:",
+        " ",
+        " ",
+        ";",
+        ",",
+    ]
+)
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    values=st.lists(st.lists(CACHE_ALPHABET, max_size=14).map("".join), min_size=1, max_size=3),
+    report_only=st.lists(st.booleans(), min_size=3, max_size=3),
+    needs=st.sampled_from([FIRST_PARTY, WITH_ORIGIN, DIRECT_US, CDN]),
+    app=st.sampled_from([None, "abc", "xyz==", "other"]),
+    renamed=st.sampled_from([("abc", "Q9w_"), ("xyz", "abc"), ("abc", "abc")]),
+)
+@example(  # two common nonces: the app's, second, must be the one chosen (N2)
+    values=["script-src 'nonce-abc' 'nonce-xyz=='"],
+    report_only=[False, False, False],
+    needs=FIRST_PARTY,
+    app="xyz==",
+    renamed=("abc", "Q9w_"),
+)
+def test_property_cached_merge_is_the_full_merge(
+    values: list[str],
+    report_only: list[bool],
+    needs: CspNeeds,
+    app: str | None,
+    renamed: tuple[str, str],
+) -> None:
+    headers = [("Server", "x")] + [
+        (CSPRO if ro else CSP, v) for v, ro in zip(values, report_only, strict=False)
+    ]
+    # The second response: the same policies with other nonce values (and our other nonce).
+    old, new = renamed
+    later = [(k, v.replace(old, new)) for k, v in headers]
+    later_app = app.replace(old, new) if app is not None else None
+    for hs, our, app_nonce in ((headers, N, app), (later, "an0ther", later_app)):
+        for _ in range(2):  # a miss (or a hit from the other response), then a hit
+            cached = merge_response_csp(hs, needs, our, app_nonce=app_nonce)
+            full = merge_response_csp_uncached(hs, needs, our, app_nonce=app_nonce)
+            assert cached == full, (hs, app_nonce)
+
+
+def test_cache_stays_bounded() -> None:
+    needs = dataclasses.replace(FIRST_PARTY)
+    for i in range(600):
+        merge_response_csp([(CSP, f"script-src 'self' https://h{i}.example")], needs, N)
+    assert len(needs.merge_cache) <= 256

@@ -20,12 +20,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 import html5lib
+import pytest
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, XMLParsedAsHTMLWarning
 from bs4.element import Tag
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay_middleware.injection import Injector, Insertion, MetaPolicy, inject
+from replay_middleware.injection import Injector, Insertion, MetaPolicy, ScanCache, inject
 
 SNIPPET_ID = "replay-middleware-config"
 SNIPPET = b'<script type="application/json" id="' + SNIPPET_ID.encode() + b'">{}</script>'
@@ -447,3 +448,69 @@ def test_meta_policies_match_html5lib_and_rewrites_replace_exact_tokens(body: by
             ):
                 contents.append(content)
     assert [meta.content for meta in seen] == contents
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies=st.lists(DOCUMENTS, min_size=1, max_size=4), data=st.data())
+def test_scan_cache_gives_the_uncached_output(bodies: list[bytes], data: st.DataObject) -> None:
+    # Bodies that share prefixes with earlier ones (a cached head, then anything after any
+    # cut), each injected twice, in random chunks, through one shared cache: every output and
+    # decision must be what an injector without a cache gives.
+    mixed = list(bodies)
+    for body in bodies:
+        # Cut anywhere, or just before a tag (where a head often stops being shared), and go
+        # on with another document's bytes from there.
+        tags = [i for i in range(len(body)) if body[i : i + 1] == b"<"]
+        cut = data.draw(
+            st.sampled_from(tags) if tags else st.integers(0, len(body)), label="cut"
+        )
+        tail = data.draw(st.one_of(st.sampled_from(bodies), DOCUMENTS), label="tail")
+        mixed.append(body[:cut] + tail[min(cut, len(tail)) :])
+        mixed.append(body[:cut] + data.draw(HEAD_CLOSER, label="closer") + tail)
+    cache = ScanCache()
+    for body in mixed + mixed:
+        expected, whole = inject(body, render)
+        injector = Injector(render, cache=cache)
+        out = b"".join(injector.feed(chunk) for chunk in chunked(data, body))
+        out += injector.close()
+        assert out == expected
+        assert (injector.injected, injector.reason, injector.added) == (
+            whole.injected,
+            whole.reason,
+            whole.added,
+        )
+
+
+def test_scan_cache_answers_a_known_head_without_scanning(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = b'<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="x">'
+    cache = ScanCache()
+    first, _ = inject(head + b"</head><body>one</body>", render)
+    injector = Injector(render, cache=cache)
+    assert injector.feed(head + b"</head><body>one</body>") + injector.close() == first
+    # Same head, another body: answered from the cache (the scanner never runs: a head that
+    # no scan could accept proves it), with the same meta policies handed to render.
+    seen: list[Sequence[MetaPolicy]] = []
+
+    def recording(metas: Sequence[MetaPolicy]) -> Insertion:
+        seen.append(metas)
+        return render(metas)
+
+    def no_scan(self: Injector, eof: bool) -> None:
+        raise AssertionError("scanned a cached head")
+
+    monkeypatch.setattr(Injector, "_scan", no_scan)
+    second = Injector(recording, cache=cache)
+    out = second.feed(head + b"</head><body>two</body>") + second.close()
+    monkeypatch.undo()
+    assert out == inject(head + b"</head><body>two</body>", render)[0]
+    assert [m.content for m in seen[0]] == ["x"]
+
+
+def test_scan_cache_stops_learning_when_heads_never_repeat() -> None:
+    cache = ScanCache()
+    for i in range(200):
+        body = b'<!DOCTYPE html><head><meta name="csrf" content="%d"></head>' % i
+        assert inject(body, render)[0] == (
+            lambda inj: inj.feed(body) + inj.close()
+        )(Injector(render, cache=cache))
+    assert len(cache._entries) <= 34  # learning stopped after the misses piled up
