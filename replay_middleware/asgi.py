@@ -101,6 +101,7 @@ class ReplayMiddleware:
 
             self.upstream = AsyncUploadProxy(self.config, upstreams=upstreams or DEFAULT_UPSTREAMS)
         self._proxying = self.upstream is not None and self.config.upload_mode == "proxy"
+        self._sampling = self._remote_sampling  # bound once, not per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -109,8 +110,10 @@ class ReplayMiddleware:
         if scope["type"] != "http" or SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
-        self.engine.announce()  # the start-up warnings, on the first request only
-        self.engine.check_workers(self._many_workers)
+        engine = self.engine
+        engine.announce()  # the start-up warnings, on the first request only
+        if self._many_workers:
+            engine.check_workers(True)
         path = scope.get("path", "")
         if path == self.engine.prefix or path.startswith(self._prefix_slash):
             if self._proxying and await self._proxy(
@@ -119,7 +122,7 @@ class ReplayMiddleware:
                 return
             await self._endpoint(scope, receive, send)
             return
-        lazy = _LazyState(self.engine, scope, self._remote_sampling)
+        lazy = _LazyState(engine, scope, self._sampling)
         scope[SCOPE_KEY] = lazy
         # Starlette's request.state reads this dict: the decision is computed on first use.
         scope["state"] = _StateDict(scope.get("state") or {}, lazy)

@@ -375,7 +375,15 @@ class ScanCache:
     learning, so such sites pay only the lookups.
     """
 
-    __slots__ = ("_entries", "_hits", "_learned", "_lengths", "max_entries", "max_prefix")
+    __slots__ = (
+        "_entries",
+        "_hits",
+        "_learned",
+        "_lengths",
+        "longest",
+        "max_entries",
+        "max_prefix",
+    )
 
     max_lengths: Final = 8
 
@@ -384,6 +392,8 @@ class ScanCache:
         self.max_prefix = max_prefix
         self._entries: dict[bytes, tuple[int, tuple[MetaPolicy, ...]]] = {}
         self._lengths: tuple[int, ...] = ()
+        #: The longest prefix stored: a body known past it has had every lookup it can have.
+        self.longest = 0
         self._hits = 0
         self._learned = 0
 
@@ -437,6 +447,7 @@ class ScanCache:
         self._entries[prefix] = (ip, tuple(metas))
         if end not in lengths:
             self._lengths = tuple(sorted({*lengths, end}))
+            self.longest = self._lengths[-1]
 
 
 def _never_render(metas: Sequence[MetaPolicy]) -> Insertion | str:
@@ -564,7 +575,7 @@ class Injector:
 
     def _advance(self, *, eof: bool) -> bytes:
         cache = self._cache
-        if cache is not None:
+        if cache is not None and self._looked < cache.longest:
             known = min(len(self._buf), self._limit)
             hit = cache.lookup(self._buf, self._looked, known)
             self._looked = known

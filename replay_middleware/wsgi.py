@@ -102,19 +102,25 @@ def _path(environ: Environ) -> str:
 
 def request_info(environ: Environ) -> RequestInfo:
     """Build the framework-neutral request view from a WSGI environ."""
-    pairs: list[tuple[str, str]] = []
+    headers: dict[str, str] = {}
     for key, value in environ.items():
         if key.startswith("HTTP_"):
-            pairs.append((key[5:].replace("_", "-").lower(), str(value)))
+            name = key[5:].replace("_", "-").lower()
         elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-            pairs.append((key.replace("_", "-").lower(), str(value)))
-    return RequestInfo.from_pairs(
+            name = key.replace("_", "-").lower()
+        else:
+            continue
+        value = str(value)
+        if name in headers:  # two environ keys for one name (HTTP_CONTENT_TYPE, ...)
+            value = headers[name] + ("; " if name == "cookie" else ", ") + value
+        headers[name] = value
+    return RequestInfo.from_lowered(
         environ.get("REQUEST_METHOD", "GET"),
         _path(environ),
-        pairs,
-        query_string=environ.get("QUERY_STRING", ""),
-        scheme=environ.get("wsgi.url_scheme", "http"),
-        client=environ.get("REMOTE_ADDR") or None,
+        headers,
+        environ.get("QUERY_STRING", ""),
+        environ.get("wsgi.url_scheme", "http"),
+        environ.get("REMOTE_ADDR") or None,
     )
 
 
