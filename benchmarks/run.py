@@ -2,7 +2,9 @@
 
 Sections, in order: the fixed cost per page (benchmarks/page_cost.py: in-process ASGI, the
 matrix of visitor kinds and page shapes, CPU time), the WSGI adapter (benchmarks/wsgi.py),
-then, appended one by one: the upload proxy over real sockets (benchmarks/proxy.py), honest
+then, appended one by one: the peers side by side (benchmarks/peers.py: New Relic's HTML
+insertion, BeautifulSoup, str.replace, GZipMiddleware, over page sizes, heads and chunkings,
+first byte and memory), the upload proxy over real sockets (benchmarks/proxy.py), honest
 uploads next to 200 slow-loris connections (benchmarks/slowloris.py), local mode under hostile
 uploads (benchmarks/local_uploads.py) and what a short page view uploads, in chromium
 (benchmarks/page_exit.py). Ratios are the figures to quote; absolute microseconds move with
@@ -23,6 +25,7 @@ from pathlib import Path
 from local_uploads import local_uploads_section  # benchmarks/local_uploads.py
 from page_cost import HTML_30K, JSON_BODY, page_cost_section  # benchmarks/page_cost.py
 from page_exit import page_exit_section  # benchmarks/page_exit.py
+from peers import peers_section  # benchmarks/peers.py
 from proxy import cpu_model, upload_proxy_section  # benchmarks/proxy.py (this script's folder)
 from slowloris import slowloris_section  # benchmarks/slowloris.py
 from wsgi import wsgi_section  # benchmarks/wsgi.py
@@ -59,6 +62,7 @@ def main() -> None:
     # (benchmarks/local_uploads.py), and what a short page view uploads, in a real browser
     # (benchmarks/page_exit.py).
     for make_section in (
+        peers_section,
         upload_proxy_section,
         slowloris_section,
         local_uploads_section,
