@@ -1,24 +1,33 @@
-"""The upload proxy over real sockets: added latency, throughput and memory, side by side.
+"""The upload proxy over real sockets: added latency, throughput, CPU and memory, side by side.
 
-Three processes, all on 127.0.0.1:
+Processes, all on 127.0.0.1:
 
 - the fake Amplitude (``tests/fake_amplitude.py``, ``keep_bodies_up_to=0``) in a child process;
 - the proxy: uvicorn serving a trivial ASGI app wrapped in ``ReplayMiddleware`` (proxy mode,
-  upstreams at the fake), in a child process for the latency part;
-- the client (``httpx.AsyncClient``, ``trust_env=False``), in this process.
+  upstreams at the fake, no per-client cap), in a child process;
+- nginx ``proxy_pass`` to the same fake (one worker, ``master_process off``, config, pid, logs
+  and temp files in a temp dir, stopped at the end and bounded by ``timeout``): the reference a
+  user would otherwise deploy;
+- the load: ``wrk`` (``-t1 -c1`` and ``-t1 -c32``, fixed short runs, a Lua script sets method,
+  body and headers), so the load generator is not the bottleneck.
 
-Latency and throughput: SDK-shaped gzip bodies of ~2 KB and ~200 KB with 1 and 32 concurrent
-clients, *direct* (client → fake) against *proxied* (client → uvicorn + ReplayMiddleware → fake).
-Rounds of direct and proxied alternate (the order flips each round) so drift on the shared
-machine hits both alike; latencies are pooled over the rounds, throughput is the median round.
+Latency, throughput and CPU: SDK-shaped gzip bodies of ~2 KB and ~200 KB with 1 and 32
+connections, *direct* (wrk → fake), *proxied* (wrk → uvicorn + ReplayMiddleware → fake) and
+*nginx* (wrk → nginx → fake), interleaved rounds (the order rotates each round) so drift on the
+shared machine hits all alike; medians over the rounds; the server's CPU per request from
+``/proc/<pid>/stat``.
+
+Clients: the HTTP clients the proxy could use upstream (httpx, httpcore's pool, aiohttp if
+installed — a benchmark extra, never a runtime dependency —, h11 on asyncio streams, and
+``replay_middleware.upstream_http``), one upload at a time against the fake, in a child process.
 
 Memory: one 10 MiB upload of incompressible bytes labelled gzip, through a uvicorn server
 running in a thread of *this* process (so ``tracemalloc`` and ``/proc/self/status`` see the
 middleware), with the fake in its child process (its buffers are not counted). The upload is
 checked byte-identical upstream through the sha256 the fake records.
 
-Every loop is bounded (request counts, deadlines; the child processes exit when their stdin
-closes or after ``CHILD_LIFETIME_S``).
+Every loop is bounded (durations, request counts, deadlines; the child processes exit when their
+stdin closes or after ``CHILD_LIFETIME_S``).
 
     python benchmarks/proxy.py [--rounds 5] [--scale 1.0]      # prints the BENCHMARKS.md section
 """
@@ -32,15 +41,17 @@ import gzip
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import random
+import re
 import select
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -68,7 +79,6 @@ HEADERS = {
 }
 SIZES = (("2 KB", 2 * 1024), ("200 KB", 200 * 1024))
 CONCURRENCY = (1, 32)
-REQUESTS = {1: 300, 32: 1500}  # per side (direct, proxied) and configuration, over all rounds
 BIG_UPLOAD = 10 * 1024 * 1024  # = ReplayConfig.max_upload_bytes (the cap is inclusive)
 CHILD_LIFETIME_S = 600.0  # a child left behind stops by itself
 START_TIMEOUT_S = 20.0
@@ -183,7 +193,12 @@ async def trivial_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def proxied_app(upstream_url: str) -> ReplayMiddleware:
-    config = ReplayConfig(api_key=KEY, secret_key=SECRET, upload_mode="proxy")
+    # No per-client cap: wrk's 32 connections all come from 127.0.0.1, where the default cap
+    # of 8 uploads in flight would answer most of them 429 (that cap has its own figures in
+    # the slow-loris section).
+    config = ReplayConfig(
+        api_key=KEY, secret_key=SECRET, upload_mode="proxy", max_uploads_per_client=0
+    )
     return ReplayMiddleware(trivial_app, config=config, upstreams=Upstreams.at(upstream_url))
 
 
@@ -353,109 +368,398 @@ class Child:
             self.proc.stdout.close()
 
 
-# --- part 1: latency and throughput ----------------------------------------------------------
+# --- part 1: latency and throughput, with wrk -------------------------------------------------
+
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK_SECONDS = 3  # per run; each configuration runs direct, proxied and nginx `rounds` times
+WRK_SCRIPT = """
+wrk.method = "POST"
+local f = io.open(os.getenv("REPLAY_BENCH_BODY"), "rb")
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Authorization"] = "Bearer KEY"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Encoding"] = "gzip"
+"""
+TARGETS = ("direct", "proxied", "nginx")
+
+
+@dataclass
+class Run:
+    """One wrk run: requests, seconds, latency percentiles (ms), errors, server CPU seconds."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_s: float  # the proxy's (uvicorn or nginx) CPU during the run; 0 for direct
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
 
 
 @dataclass
 class Side:
-    latencies: list[float] = field(default_factory=list)  # seconds, all rounds
-    rates: list[float] = field(default_factory=list)  # requests/s, one per round
-    errors: int = 0  # measured requests that failed
-    warmup_errors: int = 0
-    client_cpu_s: float = 0.0  # CPU of each process over the measured requests
-    proxy_cpu_s: float = 0.0
-    fake_cpu_s: float = 0.0
-    upstream_conns: int = 0  # connections the fake accepted during the measured requests
+    runs: list[Run] = field(default_factory=list)
 
-    def cpu_ms(self, seconds: float) -> float:
-        return seconds / len(self.latencies) * 1000
-
-    @property
-    def p50_ms(self) -> float:
-        return statistics.median(self.latencies) * 1000
-
-    @property
-    def p95_ms(self) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[math.ceil(0.95 * len(ordered)) - 1] * 1000
+    def _median(self, values: list[float]) -> float:
+        return statistics.median(values)
 
     @property
     def rate(self) -> float:
-        return statistics.median(self.rates)
+        return self._median([r.rate for r in self.runs])
+
+    @property
+    def p50_ms(self) -> float:
+        return self._median([r.p50_ms for r in self.runs])
+
+    @property
+    def p99_ms(self) -> float:
+        return self._median([r.p99_ms for r in self.runs])
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per request over all runs."""
+        requests = sum(r.requests for r in self.runs)
+        return sum(r.cpu_s for r in self.runs) / max(requests, 1) * 1000
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.runs)
 
 
-async def _batch(
-    client: httpx.AsyncClient,
-    url: str,
-    body: bytes,
-    n: int,
-    concurrency: int,
-    side: Side,
-    timed: bool,
-) -> float:
-    """``n`` POSTs by ``concurrency`` workers; latencies go to ``side`` if ``timed``; wall s."""
-    left = n
+def _ms(text: str) -> float:
+    """A wrk duration (``812.00us``, ``1.53ms``, ``2.01s``) in ms."""
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
 
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:  # bounded: every pass takes one of the n requests
-            left -= 1
-            t0 = time.perf_counter()
+
+def wrk(url: str, body_file: Path, script: Path, conns: int, seconds: int) -> Run:
+    """``wrk -t1 -c<conns> -d<seconds>s --latency``: one load thread (the machine has two cores:
+    wrk, the proxy and the fake share them). Bounded by ``timeout``."""
+    env = {**os.environ, "REPLAY_BENCH_BODY": str(body_file)}
+    out = subprocess.run(
+        [
+            "timeout",
+            str(seconds + 20),
+            WRK,
+            "-t1",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
+    summary = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m),", out)
+    if summary is None or not {"50", "99"} <= set(percentiles):
+        raise RuntimeError(f"wrk output not understood: {out!r}")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[summary.group(3)]
+    requests, wall = int(summary.group(1)), float(summary.group(2)) * scale
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return Run(requests, wall, _ms(percentiles["50"]), _ms(percentiles["99"]), errors, 0.0)
+
+
+def pid_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Nginx:
+    """nginx ``proxy_pass`` to the same fake: the reference a user would otherwise deploy.
+    One process (``master_process off``), config, pid, logs and temp files in a temp dir,
+    request bodies buffered (nginx's default), upstream keep-alive; stopped by :meth:`stop`
+    and, whatever happens, by ``timeout`` after ``CHILD_LIFETIME_S``."""
+
+    def __init__(self, upstream_port: int, tmp: Path) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    client_max_body_size 11m;
+    client_body_buffer_size 1m;
+    keepalive_requests 100000;
+    upstream fake {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Cookie "";
+            proxy_redirect off;
+        }}
+    }}
+}}
+"""
+        )
+        self.proc = subprocess.Popen(
+            [
+                "timeout",
+                str(int(CHILD_LIFETIME_S)),
+                NGINX,
+                "-p",
+                str(tmp),
+                "-c",
+                str(conf),
+                "-e",
+                str(tmp / "error.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
             try:
-                response = await client.post(url, content=body, headers=HEADERS)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            dt = time.perf_counter() - t0
-            if timed:
-                side.latencies.append(dt)
-                side.errors += not ok
-            else:
-                side.warmup_errors += not ok
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not start") from None
+                time.sleep(0.05)
+        self.pid = int((tmp / "nginx.pid").read_text())
+        self.version = (
+            subprocess.run([NGINX, "-v"], capture_output=True, text=True)
+            .stderr.strip()
+            .removeprefix("nginx version: ")
+        )
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-    return time.perf_counter() - start
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()  # timeout passes SIGTERM on to nginx: fast shutdown
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
 
 
-async def measure_latency(
-    fake: Child, proxy: Child, rounds: int, scale: float
+def measure_throughput(
+    fake: Child, proxy: Child, nginx: Nginx | None, rounds: int, seconds: int, tmp: Path
 ) -> dict[tuple[str, int], dict[str, Side]]:
-    bodies = {label: sdk_body(size) for label, size in SIZES}
-    targets = {
-        "direct": f"{fake.url}{TRACK_PATH}?{QUERY}",
-        "proxied": f"{proxy.url}{PROXY_PATH}?{QUERY}",
+    """wrk against the fake directly, through the proxy, and through nginx, interleaved: each
+    round runs the three in turn (the order rotates each round)."""
+    if not Path(WRK).exists():
+        raise RuntimeError("benchmarks/proxy.py needs wrk (Debian: apt-get install wrk)")
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT.replace("KEY", KEY))
+    urls = {
+        "direct": (f"{fake.url}{TRACK_PATH}?{QUERY}", None),
+        "proxied": (f"{proxy.url}{PROXY_PATH}?{QUERY}", proxy.proc.pid),
     }
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=60)
+    if nginx is not None:
+        urls["nginx"] = (f"{nginx.url}{TRACK_PATH}?{QUERY}", nginx.pid)
     results: dict[tuple[str, int], dict[str, Side]] = {}
-    async with httpx.AsyncClient(
-        limits=limits, trust_env=False, timeout=REQUEST_TIMEOUT_S
-    ) as client:
-        for label, _ in SIZES:
-            body = bodies[label]
-            for conc in CONCURRENCY:
-                sides = {"direct": Side(), "proxied": Side()}
-                per_round = max(1, round(REQUESTS[conc] * scale / rounds))
-                for name, url in targets.items():  # warm-up: connections, pools, caches
-                    await _batch(client, url, body, max(50, 4 * conc), conc, sides[name], False)
-                gc.collect()
-                for r in range(rounds):
-                    order = ("direct", "proxied") if r % 2 == 0 else ("proxied", "direct")
-                    for name in order:
-                        side = sides[name]
-                        await _batch(client, targets[name], body, conc, conc, side, False)
-                        conns0 = fake.ask("stats")["connections_opened"]
-                        cpu0 = (time.process_time(), proxy.cpu_s(), fake.cpu_s())
-                        wall = await _batch(
-                            client, targets[name], body, per_round, conc, side, True
-                        )
-                        side.client_cpu_s += time.process_time() - cpu0[0]
-                        side.proxy_cpu_s += proxy.cpu_s() - cpu0[1]
-                        side.fake_cpu_s += fake.cpu_s() - cpu0[2]
-                        side.upstream_conns += fake.ask("stats")["connections_opened"] - conns0
-                        side.rates.append(per_round / wall)
-                results[(label, conc)] = sides
+    for label, size in SIZES:
+        body_file = tmp / f"body-{size}"
+        body_file.write_bytes(sdk_body(size))
+        for conns in CONCURRENCY:
+            sides = {name: Side() for name in urls}
+            for url, _ in urls.values():  # warm-up: connections, pools, caches
+                wrk(url, body_file, script, conns, 1)
+            names = list(urls)
+            for r in range(rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    url, pid = urls[name]
+                    cpu0 = pid_cpu_s(pid) if pid else 0.0
+                    run = wrk(url, body_file, script, conns, seconds)
+                    run.cpu_s = pid_cpu_s(pid) - cpu0 if pid else 0.0
+                    sides[name].runs.append(run)
+            results[(label, conns)] = sides
     return results
+
+
+# --- part 1b: HTTP clients for the upstream, side by side --------------------------------------
+
+
+def child_clients(upstream_url: str, body_file: str, n: int) -> None:
+    """Child: CPU and latency of one upload through each candidate client, sequential on one
+    kept-alive connection to the fake; one JSON line per client (issue 10: "measure the
+    alternatives side by side and choose on the figures")."""
+    body = Path(body_file).read_bytes()
+    url = f"{upstream_url}{TRACK_PATH}?{QUERY}"
+    headers = [
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+        ("authorization", f"Bearer {KEY}"),
+        ("accept-encoding", "identity"),
+        ("user-agent", "replay-middleware"),
+        ("x-forwarded-for", "203.0.113.0"),
+        ("content-length", str(len(body))),
+    ]
+
+    async def measure(name: str, one: Callable[[], Any]) -> None:
+        for _ in range(50):
+            await one()
+        latencies = []
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            start = time.perf_counter()
+            await one()
+            latencies.append(time.perf_counter() - start)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        _reply(
+            {
+                "client": name,
+                "cpu_ms": cpu / n * 1000,
+                "p50_ms": statistics.median(latencies) * 1000,
+                "rate": n / wall,
+            }
+        )
+
+    async def main() -> None:
+        import httpcore
+
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+
+            async def via_httpx() -> None:
+                request = httpx.Request("POST", url, headers=headers, content=body)
+                response = await client.send(request, stream=True)
+                async for _ in response.aiter_raw():
+                    pass
+                await response.aclose()
+
+            await measure("httpx.AsyncClient (before)", via_httpx)
+            raw = [(k.encode(), v.encode()) for k, v in headers]
+            async with httpcore.AsyncConnectionPool(max_connections=100) as pool:
+
+                async def via_httpcore() -> None:
+                    async with pool.stream("POST", url, headers=raw, content=body) as response:
+                        async for _ in response.aiter_stream():
+                            pass
+
+                await measure("httpcore.AsyncConnectionPool", via_httpcore)
+                # httpcore retries a failing `import sniffio` on every request when it is
+                # not installed (anyio >= 4.11 no longer needs it): what that costs.
+                if "sniffio" not in sys.modules:
+                    try:
+                        import sniffio  # noqa: F401
+                    except ImportError:
+                        sys.modules["sniffio"] = None  # type: ignore[assignment]
+                        await measure("httpx, sniffio import cached", via_httpx)
+                        await measure("httpcore, sniffio import cached", via_httpcore)
+                        del sys.modules["sniffio"]
+        try:
+            import aiohttp
+        except ImportError:
+            aiohttp = None
+        if aiohttp is not None:
+            async with aiohttp.ClientSession(
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
+            ) as session:
+
+                async def via_aiohttp() -> None:
+                    async with session.post(
+                        url, data=body, headers=dict(headers), allow_redirects=False
+                    ) as response:
+                        async for _ in response.content.iter_any():
+                            pass
+
+                await measure("aiohttp.ClientSession", via_aiohttp)
+        import h11
+
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", int(upstream_url.rsplit(":", 1)[1])
+        )
+        target = f"{TRACK_PATH}?{QUERY}"
+        h11_headers = [*headers, ("host", upstream_url.split("//", 1)[1])]
+
+        async def via_h11() -> None:
+            conn = h11.Connection(h11.CLIENT)
+            writer.write(conn.send(h11.Request(method="POST", target=target, headers=h11_headers)))
+            writer.write(conn.send(h11.Data(data=body)))
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+
+        await measure("h11 on asyncio streams", via_h11)
+        writer.close()
+        try:
+            from replay_middleware.upstream_http import UpstreamPool
+        except ImportError:  # the code before issue 10 (BEFORE figures)
+            return
+        own = UpstreamPool()
+        size = len(body)
+
+        async def via_own() -> None:
+            response = await own.post(url, headers, [body], size)
+            async for _ in response.iter_raw():
+                pass
+            await response.aclose()
+
+        await measure("upstream_http.UpstreamPool (after)", via_own)
+        await own.aclose()
+
+    asyncio.run(main())
+    _reply({"done": True})
+
+
+def measure_clients(fake: Child, tmp: Path, n: int) -> list[dict[str, Any]]:
+    body_file = tmp / "clients-body"
+    body_file.write_bytes(sdk_body(2 * 1024))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child-clients",
+            fake.url,
+            str(body_file),
+            str(n),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = Child(proc)
+    rows: list[dict[str, Any]] = []
+    try:
+        while True:  # bounded: the child prints one line per client, then "done"
+            row = child._read()
+            if row.get("done"):
+                break
+            rows.append(row)
+    finally:
+        child.stop()
+    return rows
 
 
 # --- part 2: memory during a 10 MiB upload ---------------------------------------------------
@@ -595,81 +899,97 @@ def _mib(n: float) -> str:
 
 def report(
     results: dict[tuple[str, int], dict[str, Side]],
+    clients: list[dict[str, Any]],
     memory: Memory,
     rounds: int,
+    seconds: int,
     body_sizes: dict[str, int],
     load: tuple[float, float],
+    nginx_version: str | None,
 ) -> str:
     cores = os.cpu_count() or 0
+    wrk_version = subprocess.run([WRK, "-v"], capture_output=True, text=True).stdout.split()[1:2]
     lines = [
         "## Upload proxy",
         "",
         "Written by `make bench` (`benchmarks/proxy.py`). Real sockets on 127.0.0.1, HTTP/1.1",
-        "keep-alive. *Direct*: client → fake Amplitude (`tests/fake_amplitude.py`). *Proxied*:",
-        "client → uvicorn serving a trivial app wrapped in `ReplayMiddleware` (proxy mode) → the same",
-        "fake. The client (one `httpx.AsyncClient`, pool of 64), the proxy and the fake run in three",
-        f"processes that **share this machine's {cores} cores**: a proxied request also pays for the",
-        "proxy's CPU being taken from the client and the fake, and at 32 clients the client itself is",
-        "CPU-bound, so read the ratios as what a proxy costs on a saturated box, not on its own cores.",
-        f"{rounds} interleaved rounds per configuration (direct and proxied alternate, order flipped",
-        "each round), after warm-up; latency percentiles over all requests of all rounds, requests/s",
-        "the median round. Quote the ratios; absolute times move with the machine.",
+        "keep-alive, load from `wrk` (one thread, 1 or 32 connections, SDK-shaped POSTs). *Direct*:",
+        "wrk → fake Amplitude (`tests/fake_amplitude.py`, a threaded stdlib server). *Proxied*: wrk →",
+        "uvicorn serving a trivial app wrapped in `ReplayMiddleware` (proxy mode) → the same fake.",
+        "*nginx*: wrk → nginx `proxy_pass` (one worker, upstream keep-alive, bodies buffered) → the",
+        "same fake: the reference a user would otherwise deploy. wrk, the server and the fake **share",
+        f"this machine's {cores} cores**, so the proxy's CPU is taken from the fake and from wrk.",
+        f"{rounds} interleaved rounds of {seconds} s per configuration (direct, proxied and nginx in",
+        "turn, the order rotating each round), after a warm-up; latency percentiles and requests/s",
+        "are the median round, CPU per request is the server process's (uvicorn's or nginx's) user +",
+        "system time over all rounds divided by their requests. Quote the ratios and deltas; absolute",
+        "times move with the machine.",
         "",
         f"- Machine: {cpu_model()}, {cores} cores, {platform.machine()}, Python "
         f"{platform.python_version()}, {platform.system()}; uvicorn {uvicorn.__version__} (h11, "
-        f"asyncio loop), httpx {httpx.__version__}",
+        f"asyncio loop), httpx {httpx.__version__}, wrk {''.join(wrk_version) or '?'}, nginx "
+        f"{nginx_version or 'not run'}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average "
         f"{load[0]:.2f} before the run (other work on the machine), {load[1]:.2f} at its end "
         "(this benchmark's processes included)",
         '- Bodies: gzip of `{"version":1,"events":[...]}` with rrweb-like event strings: '
         + ", ".join(f"{label} = {size} B" for label, size in body_sizes.items()),
         "",
-        "| Body | Clients | Requests per side | p50 ms direct / proxied | p50 ratio "
-        "| p95 ms direct / proxied | p95 ratio | req/s direct / proxied | req/s ratio "
-        "| proxy CPU ms / request |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Body | Clients | Path | p50 ms | p99 ms | p50 added ms | req/s | req/s ratio to direct "
+        "| server CPU ms / request |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    errors = warmup_errors = 0
+    errors = 0
     for (label, conc), sides in results.items():
-        d, p = sides["direct"], sides["proxied"]
-        errors += d.errors + p.errors
-        warmup_errors += d.warmup_errors + p.warmup_errors
-        lines.append(
-            f"| {label} | {conc} | {len(p.latencies)} | {d.p50_ms:.2f} / {p.p50_ms:.2f} "
-            f"| **{p.p50_ms / d.p50_ms:.2f}** | {d.p95_ms:.2f} / {p.p95_ms:.2f} "
-            f"| {p.p95_ms / d.p95_ms:.2f} | {d.rate:.0f} / {p.rate:.0f} | **{p.rate / d.rate:.2f}** "
-            f"| {p.cpu_ms(p.proxy_cpu_s):.2f} |"
-        )
+        d = sides["direct"]
+        for name, side in sides.items():
+            errors += side.errors
+            direct = name == "direct"
+            lines.append(
+                f"| {label} | {conc} | {name} | {side.p50_ms:.2f} | {side.p99_ms:.2f} "
+                f"| {'' if direct else f'{side.p50_ms - d.p50_ms:+.2f}'} | {side.rate:.0f} "
+                f"| {'1' if direct else f'**{side.rate / d.rate:.2f}**'} "
+                f"| {'' if direct else f'{side.cpu_ms:.3f}'} |"
+            )
     lines.append("")
-    client_bound = []
     for (label, conc), sides in results.items():
         d, p = sides["direct"], sides["proxied"]
-        busy = [s.cpu_ms(s.client_cpu_s) * s.rate / 1000 for s in (d, p)]
-        if conc > 1 and max(busy) >= 0.8:  # with one client a busy client is just serial
-            client_bound.append(f"{label} × {conc}")
+        n = sides.get("nginx")
+        ref = (
+            f"; nginx adds {n.p50_ms - d.p50_ms:.2f} ms, ×{n.rate / d.rate:.2f}, "
+            f"{n.cpu_ms:.3f} ms CPU"
+            if n is not None
+            else ""
+        )
         lines.append(
             f"- {label}, {conc} client{'s' if conc > 1 else ''}: the proxy adds "
-            f"{p.p50_ms - d.p50_ms:.2f} ms at the median (×{p.p50_ms / d.p50_ms:.2f}), "
-            f"{p.p95_ms - d.p95_ms:.2f} ms at p95 (×{p.p95_ms / d.p95_ms:.2f}); throughput "
-            f"×{p.rate / d.rate:.2f} (rounds: {min(d.rates):.0f}–{max(d.rates):.0f} direct, "
-            f"{min(p.rates):.0f}–{max(p.rates):.0f} proxied req/s). CPU ms per request: client {d.cpu_ms(d.client_cpu_s):.2f} "
-            f"direct / {p.cpu_ms(p.client_cpu_s):.2f} proxied (client process busy "
-            f"{busy[0]:.2f} / {busy[1]:.2f} cores), fake {d.cpu_ms(d.fake_cpu_s):.2f} / "
-            f"{p.cpu_ms(p.fake_cpu_s):.2f}. Upstream connections opened while measuring: "
-            f"{d.upstream_conns} direct, {p.upstream_conns} proxied."
+            f"{p.p50_ms - d.p50_ms:.2f} ms at the median and {p.p99_ms - d.p99_ms:.2f} ms at p99; "
+            f"throughput ×{p.rate / d.rate:.2f} of direct (rounds {min(r.rate for r in p.runs):.0f}–"
+            f"{max(r.rate for r in p.runs):.0f} req/s); {p.cpu_ms:.3f} ms of CPU per upload{ref}."
         )
-    if client_bound:
-        lines.append(
-            f"- Client-bound ({', '.join(client_bound)}): the single-process client keeps about one "
-            "core busy, so it, not the proxy, sets the pace and the latency/throughput ratios there "
-            "sit near 1 or even below it, and move a lot between runs. httpx's pool costs more CPU per request as connections grow "
-            "(httpcore's `_assign_requests_to_connections`, encode/httpcore#1035). Compare the "
-            "proxy's CPU per request instead; the 1-client rows are the added latency."
-        )
-    lines.append(
-        f"- Failed requests (non-200 or transport error): {errors} measured, {warmup_errors} in "
-        "warm-up" + ("." if errors == 0 else " — **the figures above are not trustworthy**.")
-    )
+    lines += [
+        "- Direct, the fake answers a kept-alive POST in about 0.1 ms of its own CPU, so any proxy in",
+        "  the path (a second hop, two more socket reads and writes per request, on the same two",
+        "  cores) halves or worse the direct rate: compare the proxied rows with the nginx rows.",
+        f"- Failed requests (socket errors or non-2xx): {errors}"
+        + ("." if errors == 0 else " — **the figures above are not trustworthy**."),
+    ]
+    if clients:
+        lines += [
+            "",
+            "HTTP clients for the upstream side, side by side (issue 10): one 2 KB upload at a time on",
+            "one kept-alive connection to the same fake, in a process of its own; CPU is that process's",
+            "per upload (request written, response read to its end). The proxy used httpx before;",
+            "`replay_middleware.upstream_http` is what it uses now when it makes its own client (an",
+            "injected `http_client` is still used as given). aiohttp is a benchmark extra only.",
+            "",
+            "| Client | CPU ms / upload | p50 ms | uploads/s |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in clients:
+            lines.append(
+                f"| {row['client']} | {row['cpu_ms']:.3f} | {row['p50_ms']:.3f} | {row['rate']:.0f} |"
+            )
     rss_delta = (memory.rss_after_kb - memory.rss_before_kb) * 1024
     hwm_delta = (memory.hwm_after_kb - memory.hwm_before_kb) * 1024
     mb_s = memory.size / memory.seconds / 1e6
@@ -707,32 +1027,57 @@ def report(
 
 
 def upload_proxy_section(rounds: int = 5, scale: float = 1.0) -> str:
-    """Run both parts and return the ``## Upload proxy`` markdown section."""
+    """Run the parts and return the ``## Upload proxy`` markdown section. ``scale`` multiplies
+    the length of each wrk run (``WRK_SECONDS``) and the uploads per client alternative."""
     logging.disable(logging.WARNING)
     load_before = os.getloadavg()[0]
-    fake = Child.start("--child-fake")
-    try:
-        memory = measure_memory(fake)  # first, while this process's heap is still small
-        proxy = Child.start("--child-proxy", fake.url)
+    seconds = max(1, round(WRK_SECONDS * scale))
+    nginx_version = None
+    with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        fake = Child.start("--child-fake")
         try:
-            results = asyncio.run(measure_latency(fake, proxy, rounds, scale))
+            memory = measure_memory(fake)  # first, while this process's heap is still small
+            clients = measure_clients(fake, tmp, max(200, round(2000 * scale)))
+            proxy = Child.start("--child-proxy", fake.url)
+            try:
+                nginx = Nginx(fake.info["port"], tmp) if Path(NGINX).exists() else None
+                try:
+                    nginx_version = nginx.version if nginx else None
+                    results = measure_throughput(fake, proxy, nginx, rounds, seconds, tmp)
+                finally:
+                    if nginx is not None:
+                        nginx.stop()
+            finally:
+                proxy.stop()
         finally:
-            proxy.stop()
-    finally:
-        fake.stop()
+            fake.stop()
     sizes = {label: len(sdk_body(size)) for label, size in SIZES}
-    return report(results, memory, rounds, sizes, (load_before, os.getloadavg()[0]))
+    return report(
+        results,
+        clients,
+        memory,
+        rounds,
+        seconds,
+        sizes,
+        (load_before, os.getloadavg()[0]),
+        nginx_version,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the run lengths")
     parser.add_argument("--child-fake", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-proxy", metavar="UPSTREAM_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--child-clients", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_fake:
         child_fake()
+    elif args.child_clients:
+        url, body_file, n = args.child_clients
+        child_clients(url, body_file, int(n))
     elif args.child_proxy:
         child_proxy(args.child_proxy)
     else:

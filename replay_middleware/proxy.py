@@ -16,6 +16,7 @@ logs and metrics show; response bodies never say which keys are valid.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 from urllib.parse import unquote_plus
 
 from .request import RequestInfo
@@ -35,7 +36,6 @@ from .response import HttpResponse
 
 if TYPE_CHECKING:
     from .config import ReplayConfig
-    from .engine import ReplayEngine
 
 __all__ = [
     "CLIENT_BUSY",
@@ -59,6 +59,7 @@ __all__ = [
     "ConfigSlot",
     "IPAddress",
     "KeyMap",
+    "OnceLogger",
     "ProxyResponse",
     "Rejection",
     "RemoteSampling",
@@ -71,6 +72,7 @@ __all__ = [
     "check_framing",
     "check_track_key",
     "check_track_query",
+    "client_address",
     "client_key",
     "config_entry",
     "config_is_fresh",
@@ -296,7 +298,14 @@ SDK_UNAVAILABLE: Final = HttpResponse(
 )
 
 
-def sdk_unavailable(engine: ReplayEngine, exc: Exception) -> HttpResponse:
+class OnceLogger(Protocol):
+    """What :func:`sdk_unavailable` needs of the engine: its log-once-per-reason method. A
+    protocol, so that this module does not import ``engine`` (which imports this one)."""
+
+    def log_once(self, key: str, msg: str, *args: object, level: int = ...) -> None: ...
+
+
+def sdk_unavailable(engine: OnceLogger, exc: Exception) -> HttpResponse:
     """Log (once) that the SDK bundle is unavailable; the answer to send instead."""
     engine.log_once(
         "sdk", "replay-middleware: SDK bundle unavailable: %s", exc, level=logging.ERROR
@@ -791,6 +800,38 @@ def forwarded_ip(ip: IPAddress | None, mode: str) -> str:
 CLIENT_BUSY: Final = Rejection(429, "client_busy", retry_after=1)
 
 
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: TrustedProxies, ip_mode: str
+) -> tuple[str, str | None]:
+    """``(X-Forwarded-For value, per-client key)`` of a request (:func:`resolve_client_ip`,
+    :func:`forwarded_ip`, :func:`client_key`).
+
+    A pure function of its arguments, memoised: parsing and masking with :mod:`ipaddress`
+    was a tenth of the proxy's CPU per upload (issue 10 profile), and a visitor sends many
+    uploads from one address. The cache is bounded (LRU, 4096 entries) and small per entry:
+    without ``trusted_proxies`` the client's ``X-Forwarded-For`` is not part of the key (it is
+    ignored anyway), and a long one is never cached.
+    """
+    if not trusted.networks:
+        forwarded_for = None  # only a trusted peer's header is read (resolve_client_ip)
+    if forwarded_for is not None and len(forwarded_for) > _MAX_CACHED_XFF:
+        return _client_address(peer, forwarded_for, trusted, ip_mode)
+    return _cached_client_address(peer, forwarded_for, trusted, ip_mode)
+
+
+_MAX_CACHED_XFF = 256
+
+
+def _client_address(
+    peer: str | None, forwarded_for: str | None, trusted: TrustedProxies, ip_mode: str
+) -> tuple[str, str | None]:
+    ip = resolve_client_ip(peer, forwarded_for, trusted)
+    return forwarded_ip(ip, ip_mode), client_key(ip)
+
+
+_cached_client_address = functools.lru_cache(maxsize=4096)(_client_address)
+
+
 def client_key(ip: IPAddress | None) -> str | None:
     """The per-client accounting key of an address (after ``trusted_proxies``, P6).
 
@@ -947,11 +988,13 @@ def plan_track(
     length = check_framing(request.headers, max_upload_bytes)
     if isinstance(length, Rejection):
         return length
-    ip = resolve_client_ip(request.client, request.headers.get("x-forwarded-for"), trusted)
+    forwarded, client = client_address(
+        request.client, request.headers.get("x-forwarded-for"), trusted, ip_mode
+    )
     headers = upstream_request_headers(
         request.headers,
         bearer_key=key if from_header else None,
-        forwarded_for=forwarded_ip(ip, ip_mode),
+        forwarded_for=forwarded,
         content_length=length,
         user_agent=user_agent,
     )
@@ -965,7 +1008,7 @@ def plan_track(
         zone=zone,
         key_id=key_id(key),
         type=query.type,
-        client=client_key(ip),
+        client=client,
     )
 
 

@@ -43,6 +43,7 @@ from replay_middleware.proxy import (
     check_framing,
     check_track_key,
     check_track_query,
+    client_address,
     client_key,
     config_entry,
     config_is_fresh,
@@ -624,6 +625,28 @@ TRUSTED = TrustedProxies.parse(["10.0.0.0/8", "192.0.2.1", "2001:db8:ffff::/48"]
 def test_resolve_client_ip(peer: str | None, xff: str | None, expected: str | None) -> None:
     ip = resolve_client_ip(peer, xff, TRUSTED)
     assert (str(ip) if ip is not None else None) == expected
+
+
+@pytest.mark.parametrize("trusted", [TRUSTED, TrustedProxies()], ids=["trusted", "none-trusted"])
+@pytest.mark.parametrize("mode", ["mask", "full", "drop"])
+@pytest.mark.parametrize(
+    ("peer", "xff"),
+    [
+        ("203.0.113.7", "1.2.3.4"),
+        ("10.0.0.5", "1.2.3.4, 198.51.100.9"),
+        ("10.0.0.5", "1.2.3.4, garbage"),
+        ("2001:db8:ffff::1", "[2001:db8:1::5]:1234"),
+        ("10.0.0.5", ", ".join(["10.1.1.1"] * 60) + ", 198.51.100.9"),  # long: not cached
+        (None, None),
+    ],
+)
+def test_client_address_memo_equals_the_functions_it_caches(
+    peer: str | None, xff: str | None, trusted: TrustedProxies, mode: str
+) -> None:
+    ip = resolve_client_ip(peer, xff, trusted)
+    expected = (forwarded_ip(ip, mode), client_key(ip))
+    assert client_address(peer, xff, trusted, mode) == expected
+    assert client_address(peer, xff, trusted, mode) == expected  # from the cache
 
 
 def test_trusted_proxies_parse_rejects_garbage_and_maps_v4_in_v6() -> None:

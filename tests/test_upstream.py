@@ -188,10 +188,14 @@ async def fetch_config(proxy: AsyncUploadProxy, key: str = KEY, **kw: Any) -> Co
 
 
 def pool_busy(proxy: AsyncUploadProxy) -> int:
-    """Connections in use or requests waiting in the pool (0 = nothing leaked)."""
-    pool = proxy.client._transport._pool  # type: ignore[attr-defined]
+    """Connections in use or requests waiting, in the proxy's own upload pool and in its
+    httpx client's (0 = nothing leaked)."""
+    own = proxy._pool.busy if proxy._pool is not None else 0
+    if proxy._client is None:
+        return own
+    pool = proxy._client._transport._pool  # type: ignore[attr-defined]
     busy = [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
-    return len(busy) + len(pool._requests)
+    return own + len(busy) + len(pool._requests)
 
 
 def upstream_aborted(fake: FakeAmplitude, timeout: float = 1.0) -> bool:
@@ -842,9 +846,13 @@ async def test_tls_failure_gets_502_and_verification_is_on(
         None, upstreams=Upstreams.at(f"https://127.0.0.1:{fake_amplitude.port}")
     ) as proxy:
         conv = await upload(proxy)
-        context = proxy.client._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert proxy._pool is not None  # uploads: the proxy's own connections
+        contexts = [
+            proxy._pool.ssl_context,
+            proxy.client._transport._pool._ssl_context,  # type: ignore[attr-defined]
+        ]
     assert conv.status == 502 and json.loads(conv.body) == {"error": "upstream_connect"}
-    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert all(c.verify_mode == ssl.CERT_REQUIRED and c.check_hostname for c in contexts)
 
 
 async def test_stale_keepalive_connection_is_replaced_without_an_error(
@@ -1265,11 +1273,29 @@ async def test_the_created_client_has_safe_defaults() -> None:
 
 
 async def test_an_injected_client_is_used_and_not_closed(fake_amplitude: FakeAmplitude) -> None:
-    async with httpx.AsyncClient() as mine:
+    sent: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request)
+
+    async with httpx.AsyncClient(event_hooks={"request": [record]}) as mine:
         async with make_proxy(fake_amplitude, http_client=mine) as proxy:
-            assert proxy.client is mine
+            assert proxy.client is mine and proxy._pool is None
             assert (await upload(proxy)).status == 200
         assert not mine.is_closed
+    assert [r.url.path for r in sent] == ["/sessions/v2/track"]  # the upload went through it
+
+
+async def test_uploads_use_the_proxys_own_pool_not_httpx(fake_amplitude: FakeAmplitude) -> None:
+    async with make_proxy(fake_amplitude) as proxy:
+        for _ in range(3):
+            assert (await upload(proxy)).status == 200
+        assert proxy._client is None  # no httpx client made: config fetches would make one
+        pool = proxy._pool
+        assert pool is not None and pool.busy == 0
+        assert (pool.max_connections, pool.max_keepalive, pool.keepalive_expiry) == (100, 20, 5.0)
+        assert (pool.connect_timeout, pool.pool_timeout) == (2.0, 1.0)
+    assert fake_amplitude.connections_opened == 1  # one kept-alive connection for all three
 
 
 async def test_an_injected_transport_is_used(fake_amplitude: FakeAmplitude) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import tracemalloc
@@ -66,10 +67,14 @@ def data_block(html: bytes) -> dict[str, Any]:
 
 
 def pool_busy(proxy: UploadProxy) -> int:
-    """Connections in use or requests waiting in the pool (0 = nothing leaked)."""
-    pool = proxy.client._transport._pool  # type: ignore[attr-defined]
+    """Connections in use or requests waiting, in the proxy's own upload pool and in its
+    httpx client's (0 = nothing leaked)."""
+    own = proxy._pool.busy if proxy._pool is not None else 0
+    if proxy._client is None:
+        return own
+    pool = proxy._client._transport._pool  # type: ignore[attr-defined]
     busy = [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
-    return len(busy) + len(pool._requests)
+    return own + len(busy) + len(pool._requests)
 
 
 def make_proxy(fake: FakeAmplitude | None, **kw: Any) -> UploadProxy:
@@ -482,6 +487,23 @@ def test_the_created_client_has_safe_defaults() -> None:
         assert (pool._http1, pool._http2) == (True, False)
         assert client.timeout == httpx.Timeout(connect=2.0, read=8.0, write=8.0, pool=1.0)
     assert client.is_closed
+
+
+def test_uploads_use_the_proxys_own_pool_with_the_same_limits(
+    fake_amplitude: FakeAmplitude,
+) -> None:
+    with make_proxy(fake_amplitude) as proxy:
+        for _ in range(3):
+            reply = proxy.track(track(), reader(BODY))
+            assert reply.status == 200
+            drain(reply)
+        pool = proxy._pool
+        assert pool is not None and pool.busy == 0
+        assert proxy._client is None  # no httpx client made: config fetches would make one
+        assert (pool.max_connections, pool.max_keepalive, pool.keepalive_expiry) == (100, 20, 5.0)
+        context = pool.ssl_context
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert fake_amplitude.connections_opened == 1  # one kept-alive connection for all three
 
 
 def test_an_async_client_is_refused() -> None:
