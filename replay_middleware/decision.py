@@ -121,7 +121,7 @@ def decide(
     rate = config.sample_rate if sample_rate is None else sample_rate
     forced = False
     reason: str
-    route_reason = routes.excluded(request.path, request)
+    route_reason = routes.excluded(request.path, request) if routes.active else None
     if route_reason is not None:
         reason = route_reason
     else:

@@ -206,7 +206,8 @@ def is_shared_cacheable(
     if (
         by_name is not None
         and _CACHEABILITY_FIELDS.isdisjoint(by_name)
-        and not any(map(is_targeted_cache_field, by_name))
+        # a superset of the targeted names (their keys are lower-case already)
+        and not any(name.endswith("cdn-cache-control") for name in by_name)
     ):
         return False  # nothing below can say True without one of these fields
     if get_first(headers, "surrogate-control") is not None:

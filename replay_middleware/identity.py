@@ -38,7 +38,7 @@ import json
 import logging
 import os
 import re
-from base64 import urlsafe_b64encode
+from binascii import b2a_base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -119,6 +119,7 @@ def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     )
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
@@ -153,7 +154,8 @@ class IdentityCodec:
         inner.update(payload)
         outer = outer.copy()
         outer.update(inner.digest())
-        return urlsafe_b64encode(outer.digest()).rstrip(b"=")
+        # base64url without padding: a 20-byte digest is 28 base64 characters, one "=".
+        return b2a_base64(outer.digest(), newline=False)[:27].translate(_URLSAFE)
 
     def dumps(self, identity: Identity) -> str:
         payload = f"{identity.device_id}.{identity.session_id}.{identity.last_activity}"

@@ -257,6 +257,8 @@ class RouteRules:
     def __init__(self, exclude: Sequence[RouteRule], include: Sequence[RouteRule] | None) -> None:
         self._exclude = tuple(_compile(r) for r in exclude)
         self._include = None if include is None else tuple(_compile(r) for r in include)
+        #: Whether any rule can restrict a path (False: ``excluded`` always answers None).
+        self.active = bool(self._exclude) or self._include is not None
         self.browser_warnings: tuple[str, ...] = tuple(
             f"route rule {r.label!r} cannot be evaluated in the browser: client-side navigation "
             "into or out of it will not shut the recorder down or start it"
