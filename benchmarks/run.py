@@ -2,9 +2,11 @@
 
 Sections, in order: the fixed cost per page (benchmarks/page_cost.py: in-process ASGI, the
 matrix of visitor kinds and page shapes, CPU time), the WSGI adapter (benchmarks/wsgi.py),
-then, appended one by one: the peers side by side (benchmarks/peers.py: New Relic's HTML
+then, appended one by one (``REPLAY_BENCH_BEFORE=<older checkout>`` adds that build's
+figures to the peers and real-server sections): the peers side by side (benchmarks/peers.py: New Relic's HTML
 insertion, BeautifulSoup, str.replace, GZipMiddleware, over page sizes, heads and chunkings,
-first byte and memory), the upload proxy over real sockets (benchmarks/proxy.py), honest
+first byte and memory), real servers under wrk (benchmarks/servers.py: uvicorn + Starlette,
+gunicorn + Flask, 30 KB page and 2 KB JSON), the upload proxy over real sockets (benchmarks/proxy.py), honest
 uploads next to 200 slow-loris connections (benchmarks/slowloris.py), local mode under hostile
 uploads (benchmarks/local_uploads.py) and what a short page view uploads, in chromium
 (benchmarks/page_exit.py). Ratios are the figures to quote; absolute microseconds move with
@@ -27,6 +29,7 @@ from page_cost import HTML_30K, JSON_BODY, page_cost_section  # benchmarks/page_
 from page_exit import page_exit_section  # benchmarks/page_exit.py
 from peers import peers_section  # benchmarks/peers.py
 from proxy import cpu_model, upload_proxy_section  # benchmarks/proxy.py (this script's folder)
+from servers import servers_section  # benchmarks/servers.py
 from slowloris import slowloris_section  # benchmarks/slowloris.py
 from wsgi import wsgi_section  # benchmarks/wsgi.py
 
@@ -61,8 +64,12 @@ def main() -> None:
     # (benchmarks/slowloris.py), local mode under hostile uploads: memory, stall, WAL
     # (benchmarks/local_uploads.py), and what a short page view uploads, in a real browser
     # (benchmarks/page_exit.py).
+    # REPLAY_BENCH_BEFORE=<an older checkout> adds its figures beside this one's in the peers
+    # and real-server sections (same rounds, same run).
+    before = os.environ.get("REPLAY_BENCH_BEFORE") or None
     for make_section in (
-        peers_section,
+        lambda: peers_section(before=before),
+        servers_section,
         upload_proxy_section,
         slowloris_section,
         local_uploads_section,
