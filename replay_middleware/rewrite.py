@@ -145,8 +145,10 @@ class ResponseRewriter:
             return
         self.passthrough = False
         self._pending = list(self._csp.headers) if self._csp is not None else list(headers)
+        # The injector gets a renderer that does not refer back to this rewriter: a bound
+        # method would make rewriter -> injector -> rewriter a cycle per page (issue 10).
         self._injector = Injector(
-            self._render,
+            _Renderer(self),
             max_scan_bytes=config.max_scan_bytes,
             marker=_MARKER,
             cache=engine.scan_cache,
@@ -166,35 +168,6 @@ class ResponseRewriter:
 
     # -- the insertion point -------------------------------------------------------------------
 
-    def _render(self, metas: Sequence[MetaPolicy]) -> Insertion | str:
-        csp = self._csp
-        nonce = csp.nonce if csp is not None else new_nonce()
-        use_worker = csp.use_web_worker if csp is not None else True
-        trusted_types = csp.trusted_types if csp is not None else False
-        rewrites: dict[int, bytes] = {}
-        if self.engine.config.csp == "merge":
-            for index, meta in enumerate(metas):
-                merged = merge_meta_csp(meta.content, self.engine.csp_needs, nonce)
-                if not merged.feasible:
-                    return merged.reason or "csp_meta"
-                use_worker = use_worker and merged.use_web_worker
-                trusted_types = trusted_types or merged.trusted_types
-                if merged.changed:
-                    rewrites[index] = (
-                        b'"'
-                        + html.escape(merged.content, quote=True).encode(
-                            "ascii", "xmlcharrefreplace"
-                        )
-                        + b'"'
-                    )
-        snippet = self.engine.render_snippet(
-            self.state,
-            nonce=nonce,
-            per_user=self._per_user,
-            use_web_worker=use_worker,
-            static_sdk=trusted_types,
-        )
-        return frozen_new(Insertion, snippet=snippet.encode("ascii"), meta_rewrites=rewrites)
 
     # -- the body -----------------------------------------------------------------------------
 
@@ -247,6 +220,49 @@ class ResponseRewriter:
         self.headers = headers + self._extra + self._debug(self.state.context.reason)
         self.passthrough = False
         self.ready = True
+
+
+class _Renderer:
+    """What the injector calls at the insertion point: the snippet for this response, with
+    the CSP merge's nonce and the meta policies merged (no reference to the rewriter)."""
+
+    __slots__ = ("_csp", "engine", "per_user", "state")
+
+    def __init__(self, rewriter: ResponseRewriter) -> None:
+        self.engine = rewriter.engine
+        self.state = rewriter.state
+        self._csp = rewriter._csp
+        self.per_user = rewriter._per_user
+
+    def __call__(self, metas: Sequence[MetaPolicy]) -> Insertion | str:
+        csp = self._csp
+        nonce = csp.nonce if csp is not None else new_nonce()
+        use_worker = csp.use_web_worker if csp is not None else True
+        trusted_types = csp.trusted_types if csp is not None else False
+        rewrites: dict[int, bytes] = {}
+        if self.engine.config.csp == "merge":
+            for index, meta in enumerate(metas):
+                merged = merge_meta_csp(meta.content, self.engine.csp_needs, nonce)
+                if not merged.feasible:
+                    return merged.reason or "csp_meta"
+                use_worker = use_worker and merged.use_web_worker
+                trusted_types = trusted_types or merged.trusted_types
+                if merged.changed:
+                    rewrites[index] = (
+                        b'"'
+                        + html.escape(merged.content, quote=True).encode(
+                            "ascii", "xmlcharrefreplace"
+                        )
+                        + b'"'
+                    )
+        snippet = self.engine.render_snippet(
+            self.state,
+            nonce=nonce,
+            per_user=self.per_user,
+            use_web_worker=use_worker,
+            static_sdk=trusted_types,
+        )
+        return frozen_new(Insertion, snippet=snippet.encode("ascii"), meta_rewrites=rewrites)
 
 
 def _add_vary_cookie(headers: Headers) -> None:

@@ -221,6 +221,12 @@ class _LazySource:
     def context(self) -> ReplayContext:
         return self.state().context
 
+    def release(self) -> None:
+        """Let go of the environ when it is no longer needed (the state is known), which
+        breaks the environ -> source -> environ cycle; a source never asked keeps it."""
+        if self._state is not None:
+            self._environ = {}
+
 
 class ReplayWSGIMiddleware:
     """Adds Amplitude Session Replay to every HTML page of a WSGI app."""
@@ -602,8 +608,13 @@ class _Body:
         if self._closed:
             return
         self._closed = True
-        token = set_current(self._response._lazy)
+        response = self._response
+        token = set_current(response._lazy)
         try:
             _close(self._result)
         finally:
             reset_current(token)
+            # environ -> lazy source -> environ is a reference cycle, which only the garbage
+            # collector would free, with all the environ holds (issue 10); once the state is
+            # computed the source no longer needs the environ.
+            response._lazy.release()
