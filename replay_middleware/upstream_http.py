@@ -67,13 +67,17 @@ WRITE_BYTES: Final = 256 * 1024
 
 
 def _tls_context() -> ssl.SSLContext:
-    """Verified TLS with host name checks, trusting the same CA bundle as httpx (certifi,
-    which httpx depends on), so a machine without system CA certificates still connects."""
+    """Verified TLS with host name checks, HTTP/1.1 by ALPN, trusting the same CA bundle as
+    httpx (certifi, which httpx depends on), so a machine without system CA certificates
+    still connects."""
     try:
         import certifi
     except ImportError:  # pragma: no cover - httpx always brings certifi
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
+        context = ssl.create_default_context()
+    else:
+        context = ssl.create_default_context(cafile=certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class UpstreamFault(Exception):
@@ -214,9 +218,7 @@ class UpstreamPool:
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context, made on first use: verified, host names checked, HTTP/1.1."""
         if self._ssl is None:
-            context = _tls_context()
-            context.set_alpn_protocols(["http/1.1"])
-            self._ssl = context
+            self._ssl = _tls_context()
         return self._ssl
 
     # -- diagnostics ----------------------------------------------------------------------------
@@ -630,9 +632,7 @@ class SyncUpstreamPool:
         """The TLS context, made on first use: verified, host names checked, HTTP/1.1."""
         with self._cond:
             if self._ssl is None:
-                context = _tls_context()
-                context.set_alpn_protocols(["http/1.1"])
-                self._ssl = context
+                self._ssl = _tls_context()
             return self._ssl
 
     @property
