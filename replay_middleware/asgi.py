@@ -56,20 +56,40 @@ SCOPE_KEY = "replay_middleware"
 def request_info(scope: Scope) -> RequestInfo:
     """Build the framework-neutral request view from an http scope (one pass over the
     headers; the same result as ``RequestInfo.from_pairs`` of the decoded pairs)."""
+    return _request_info(_request_entries(scope))
+
+
+# What request_info() reads from a scope, in _request_info's order.
+_Entries = tuple[Any, Any, Any, Any, Any, Any]
+
+
+def _request_entries(scope: Scope) -> _Entries:
+    get = scope.get
+    return (
+        get("method", "GET"),
+        get("path", "/"),
+        get("headers"),
+        get("query_string"),
+        get("scheme", "http"),
+        get("client"),
+    )
+
+
+def _request_info(entries: _Entries) -> RequestInfo:
+    method, path, raw_headers, query_string, scheme, client = entries
     headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers") or ():
+    for raw_name, raw_value in raw_headers or ():
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         if name in headers:
             value = headers[name] + ("; " if name == "cookie" else ", ") + value
         headers[name] = value
-    client = scope.get("client")
     return RequestInfo.from_lowered(
-        scope.get("method", "GET"),
-        scope.get("path", "/"),
+        method,
+        path,
         headers,
-        (scope.get("query_string") or b"").decode("latin-1"),
-        scope.get("scheme", "http"),
+        (query_string or b"").decode("latin-1"),
+        scheme,
         client[0] if client else None,
     )
 
@@ -122,10 +142,11 @@ class ReplayMiddleware:
                 return
             await self._endpoint(scope, receive, send)
             return
-        lazy = _LazyState(engine, scope, self._sampling)
+        lazy = _LazyState(engine, _request_entries(scope), self._sampling)
         scope[SCOPE_KEY] = lazy
         # Starlette's request.state reads this dict: the decision is computed on first use.
-        scope["state"] = _StateDict(scope.get("state") or {}, lazy)
+        state = scope["state"] = _StateDict(scope.get("state") or ())
+        state.lazy = lazy
         token = set_current(lazy)
         try:
             await self.app(scope, receive, _Responder(lazy, send).send)
@@ -269,45 +290,47 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 class _LazyState:
     """The request's identity and decision, computed once, on first use.
 
-    It keeps the scope's few request entries, not the scope: the scope holds this object
-    (``scope["replay_middleware"]``), and a reference back would make every request a
-    reference cycle, whose objects (the scope and all it holds) only the garbage collector
-    frees (issue 10: 30 objects a page, and the server's own code slowed by the churn)."""
+    It keeps the scope's few request entries (``_request_entries``), not the scope: the
+    scope holds this object (``scope["replay_middleware"]``), and a reference back would make
+    every request a reference cycle, whose objects (the scope and all it holds) only the
+    garbage collector frees (issue 10: 30 objects a page, and the server's own code slowed by
+    the churn)."""
 
     __slots__ = ("_engine", "_request", "_sampling", "_state")
 
     def __init__(
-        self, engine: ReplayEngine, scope: Scope, sampling: Callable[[], RemoteSampling | None]
+        self,
+        engine: ReplayEngine,
+        request: _Entries,
+        sampling: Callable[[], RemoteSampling | None],
     ) -> None:
         self._engine = engine
-        self._request = {key: scope[key] for key in _REQUEST_KEYS if key in scope}
+        self._request = request
         self._sampling = sampling
         self._state: RequestState | None = None
 
     def state(self) -> RequestState:
         if self._state is None:
-            self._state = self._engine.begin(request_info(self._request), remote=self._sampling())
+            self._state = self._engine.begin(
+                _request_info(self._request), remote=self._sampling()
+            )
         return self._state
 
     def context(self) -> ReplayContext:
         return self.state().context
 
 
-# The scope entries request_info() reads.
-_REQUEST_KEYS = ("method", "path", "headers", "query_string", "scheme", "client")
-
-
 class _StateDict(dict[str, Any]):
-    """``scope["state"]`` whose ``"replay"`` entry is computed when first read."""
+    """``scope["state"]`` whose ``"replay"`` entry is computed when first read; ``lazy`` is
+    set right after construction (no Python ``__init__``: this runs on every request)."""
 
-    def __init__(self, initial: MutableMapping[str, Any], lazy: _LazyState) -> None:
-        super().__init__(initial)
-        self._lazy = lazy
+    __slots__ = ("lazy",)
+    lazy: _LazyState
 
     def __missing__(self, key: str) -> Any:
         if key != "replay":
             raise KeyError(key)
-        value = self["replay"] = self._lazy.context()
+        value = self["replay"] = self.lazy.context()
         return value
 
 
@@ -335,7 +358,13 @@ class _Responder:
         if self._mode == "pass":
             await self._send(message)
         elif kind == "http.response.start" and self._mode == "start":
-            await self._on_start(message)
+            raw = message.get("headers") or []
+            if not _may_be_html(raw) and not self._lazy._engine.config.show_debug_header:
+                # Not HTML: nothing to decide, nothing to compute (the common API response).
+                self._mode = "pass"
+                await self._send(message)
+            else:
+                await self._on_start(message, raw)
         elif kind == "http.response.body" and self._mode == "scan":
             await self._on_body(message)
         else:
@@ -344,14 +373,8 @@ class _Responder:
             await self._flush_original()
             await self._send(message)
 
-    async def _on_start(self, message: Message) -> None:
-        raw = message.get("headers") or []
+    async def _on_start(self, message: Message, raw: list[tuple[bytes, bytes]]) -> None:
         engine = self._lazy._engine
-        if not _may_be_html(raw) and not engine.config.show_debug_header:
-            # Not HTML: nothing to decide, nothing to compute (the common API response).
-            self._mode = "pass"
-            await self._send(message)
-            return
         try:
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
             self.rewriter = ResponseRewriter(engine, self._lazy.state())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import secrets
 from binascii import b2a_base64
@@ -28,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
-from ._fast import frozen_new
+from ._fast import frozen_new, random16
 
 __all__ = [
     "BLOB",
@@ -139,8 +138,9 @@ _HTTP_SCHEMES = ("http", "https")
 
 def new_nonce() -> str:
     """A fresh nonce for one response (N1): 128 bits from the OS's CSPRNG (what ``secrets``
-    reads), base64url without padding, as ``secrets.token_urlsafe(16)`` spells it."""
-    return b2a_base64(os.urandom(16), newline=False)[:22].translate(_URLSAFE).decode("ascii")
+    reads, via the pool of ``random16``), base64url without padding, as
+    ``secrets.token_urlsafe(16)`` spells it."""
+    return b2a_base64(random16(), newline=False)[:22].translate(_URLSAFE).decode("ascii")
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")

@@ -188,16 +188,25 @@ _NON_ASCII_CHARSETS = (
 )
 
 
+class _Unknown:
+    """The type of ``_UNKNOWN``: an argument the caller did not compute."""
+
+
+_UNKNOWN = _Unknown()
+
+
 def response_skip_reason(
     status: int,
     headers: Sequence[tuple[str, str]],
     config: ReplayConfig,
     *,
     by_name: dict[str, list[str]] | None = None,
+    length: int | bool | _Unknown | None = _UNKNOWN,
 ) -> str | None:
     """H1's response-side checks, H5's framing checks and H8's marker, in a fixed order.
 
-    ``by_name``: ``headers.index_headers(headers)`` when the caller has it already."""
+    ``by_name``: ``headers.index_headers(headers)`` when the caller has it already;
+    ``length``: ``headers.parse_content_length(headers)``, likewise."""
     if status not in config.inject_status:
         return "status"
     if by_name is None:
@@ -220,8 +229,11 @@ def response_skip_reason(
         return "no_transform"
     if status == 206 or "content-range" in by_name:
         return "partial"
-    if "content-length" in by_name and parse_content_length(headers, by_name=by_name) is False:
-        return "bad_length"
+    if "content-length" in by_name:
+        if isinstance(length, _Unknown):
+            length = parse_content_length(headers, by_name=by_name)
+        if length is False:
+            return "bad_length"
     return None
 
 

@@ -36,7 +36,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 from binascii import b2a_base64
 from collections.abc import Mapping, Sequence
@@ -45,7 +44,7 @@ from urllib.parse import unquote
 
 from itsdangerous import Signer
 
-from ._fast import frozen_new
+from ._fast import frozen_new, random16
 from .config import ReplayConfig
 from .request import RequestInfo
 
@@ -172,34 +171,35 @@ class IdentityCodec:
         (it should be re-issued); None when it is malformed or no key's signature matches."""
         if not value or len(value) > _MAX_COOKIE_CHARS or not value.isascii():
             return None
-        payload, sep, signature = value.encode("ascii").rpartition(b".")
+        payload, sep, signature = value.rpartition(".")
         if not sep:
+            return None
+        parts = payload.split(".")
+        if len(parts) != 3:
+            return None
+        device, session, last = parts
+        # (isascii() held for the whole value, so isdigit() means ASCII digits only.)
+        if not (session.isdigit() and last.isdigit() and _OUR_DEVICE_ID.fullmatch(device)):
             return None
         # A constant-time comparison per key, of the signature as we write it (base64url, no
         # padding: another spelling of the same bytes is refused); which key matched is no
-        # secret.
-        matched = -1
-        for index, key in enumerate(self._keys):
-            if hmac.compare_digest(signature, self._signature(payload, key)):
-                matched = index
-                break
-        if matched < 0:
-            return None
-        parts = payload.decode("ascii").split(".")
-        if len(parts) != 3 or not _OUR_DEVICE_ID.fullmatch(parts[0]):
-            return None
-        if not (
-            parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()
-        ):
+        # secret. The newest key first: the common case costs one HMAC.
+        raw = payload.encode("ascii")
+        expected = signature.encode("ascii")
+        if hmac.compare_digest(expected, self._signature(raw)):
+            old_key = False
+        elif any(hmac.compare_digest(expected, self._signature(raw, k)) for k in self._keys[1:]):
+            old_key = True
+        else:
             return None
         identity = frozen_new(
             Identity,
-            device_id=parts[0],
-            session_id=int(parts[1]),
-            last_activity=int(parts[2]),
+            device_id=device,
+            session_id=int(session),
+            last_activity=int(last),
             source="cookie",
         )
-        return identity, matched > 0
+        return identity, old_key
 
 
 def _plausible_session(value: object, now_ms: int) -> int | None:
@@ -263,7 +263,7 @@ def _segment_cookies(cookies: Mapping[str, str], now_ms: int) -> tuple[str, int]
 
 def new_device_id() -> str:
     """A random UUID4 string (``uuid.uuid4()`` is several times slower; this runs per new visitor)."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(random16())
     raw[6] = raw[6] & 0x0F | 0x40  # version 4
     raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
     h = raw.hex()

@@ -87,7 +87,9 @@ class ResponseRewriter:
         reason = (
             ctx.reason
             if not ctx.eligible
-            else response_skip_reason(status, self._original, config, by_name=by_name)
+            else response_skip_reason(
+                status, self._original, config, by_name=by_name, length=self._length
+            )
         )
         if reason == "encoded":
             # O4: an HTML page already compressed means a compression middleware runs

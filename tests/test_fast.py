@@ -54,3 +54,35 @@ def test_request_info_fast_constructor_matches_from_pairs() -> None:
         "get", "", pairs, query_string="q=1", scheme="https", client="1.2.3.4"
     )
     assert fast == slow and fast.cookies == slow.cookies == {"a": "1", "b": "2"}
+
+
+def test_random16_blocks_are_unique_across_threads_and_fresh_after_fork() -> None:
+    import os
+    import threading
+
+    from replay_middleware._fast import random16
+
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        mine = [random16() for _ in range(700)]
+        with lock:
+            seen.extend(mine)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == len(set(seen)) == 2800 and all(len(b) == 16 for b in seen)
+    if not hasattr(os, "fork"):
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next block must not be the parent's next block
+        os.write(write, random16())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 16)
+    assert child != random16()
