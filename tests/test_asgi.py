@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -815,3 +817,43 @@ async def test_old_key_cookie_is_not_reissued_on_a_shared_cacheable_page(tmp_pat
     old = await _cookie_after_get(OLD_KEY, tmp_path)
     cacheable = [*HTML, (b"cache-control", b"public, max-age=60")]
     assert await _cookie_after_get((OLD_KEY, NEW_KEY), tmp_path, old, cacheable) is None
+
+
+class _Held:
+    """Something a server or framework keeps in the scope (weakly referenceable)."""
+
+
+@pytest.mark.parametrize(
+    ("headers", "asked"),
+    [
+        pytest.param([(b"content-type", b"application/json")], False, id="api"),
+        pytest.param(HTML, True, id="page"),
+    ],
+)
+async def test_the_scope_and_what_it_holds_are_freed_without_the_garbage_collector(
+    headers: list[tuple[bytes, bytes]], asked: bool
+) -> None:
+    """Issue 10: what the middleware puts in the scope (``scope["state"]``, the lazy decision)
+    never refers back to the scope, so a request leaves no cyclic garbage whether or not its
+    decision was asked for; the decision still answers after the response."""
+    held = _Held()
+    s = scope("/api/items", headers=[(b"x-trace", b"t1")], app=held)
+    gone = weakref.ref(held)
+    del held
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        sent = await run(
+            responder(start(headers=headers), body(b"{}")),
+            s,
+            config=ReplayConfig(sample_rate=1, debug_header=False),
+        )
+        state, lazy = s["state"], s["replay_middleware"]
+        assert (lazy._state is not None) is asked
+        del s
+        assert gone() is None  # freed by its reference count, at once
+        assert state["replay"].reason == "in_sample"
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert whole_body(sent) == b"{}"
