@@ -529,6 +529,8 @@ class _Response:
             self._untouched = True
             if self._mode == "scan":
                 self._flush_original()
+            # No _Body, so no close() of ours: break the environ -> source cycle now.
+            self._lazy.release()
             return result
         return _Body(self, result)
 

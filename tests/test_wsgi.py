@@ -758,17 +758,33 @@ def test_public_origin_scheme_differing_from_requests_is_warned_once(
         assert f"public_origin is {origin}" in found[0] and "ProxyFix" in found[0]
 
 
+class _FileWrapper:
+    """A server's ``wsgi.file_wrapper`` (what it may sendfile)."""
+
+    def __init__(self, f: Any, size: int = 8192) -> None:
+        self.f = f
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([self.f.read()])
+
+    def close(self) -> None:
+        self.f.close()
+
+
+_JSON = [("content-type", "application/json"), ("content-length", "2")]
+
+
 @pytest.mark.parametrize(
-    ("headers", "decided"),
+    ("headers", "decided", "file"),
     [
-        pytest.param(
-            [("content-type", "application/json"), ("content-length", "2")], False, id="api"
-        ),
-        pytest.param([HTML], True, id="page"),
+        pytest.param(_JSON, False, False, id="api"),
+        pytest.param([HTML], True, False, id="page"),
+        pytest.param(_JSON, False, True, id="api-file-wrapper"),
+        pytest.param([HTML, ("content-length", "2")], True, True, id="page-file-wrapper"),
     ],
 )
 def test_the_environ_and_what_it_holds_are_freed_without_the_garbage_collector(
-    headers: list[tuple[str, str]], decided: bool
+    headers: list[tuple[str, str]], decided: bool, file: bool
 ) -> None:
     """Issue 10: ``environ["replay_middleware"]`` refers to the environ, so every response
     whose decision nobody asked for (an API response) left the environ and all it holds (the
@@ -776,13 +792,14 @@ def test_the_environ_and_what_it_holds_are_freed_without_the_garbage_collector(
     collector ran: with 1 MiB POSTs to a Flask JSON view, up to 56 bodies were alive at once.
     After the response the source still answers, about the same request."""
 
-    def app(env: Environ, start_response: StartResponse) -> list[bytes]:
+    def app(env: Environ, start_response: StartResponse) -> Iterable[bytes]:
         env["wsgi.input"].read()
         start_response("200 OK", headers)
-        return [b"{}"]
+        return env["wsgi.file_wrapper"](io.BytesIO(b"{}")) if file else [b"{}"]
 
     middleware = mw(app, debug_header=False)
     env = environ("/api/items", method="POST", data=b"x" * 4096, headers={"X-Trace": "t1"})
+    env["wsgi.file_wrapper"] = _FileWrapper
     request_body = weakref.ref(env["wsgi.input"])
     was_enabled = gc.isenabled()
     gc.disable()
