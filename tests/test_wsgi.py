@@ -253,16 +253,6 @@ def test_write_then_iterable_keeps_the_order() -> None:
 
 
 def test_file_wrapper_responses_are_handed_back_untouched() -> None:
-    class FileWrapper:
-        def __init__(self, f: Any, size: int = 8192) -> None:
-            self.f = f
-
-        def __iter__(self) -> Iterator[bytes]:
-            return iter([self.f.read()])
-
-        def close(self) -> None:
-            self.f.close()
-
     seen: list[object] = []
 
     def app(env: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -272,11 +262,11 @@ def test_file_wrapper_responses_are_handed_back_untouched() -> None:
         return wrapped
 
     env = environ()
-    env["wsgi.file_wrapper"] = FileWrapper
+    env["wsgi.file_wrapper"] = _FileWrapper
     middleware = mw(app, debug_header=False)
     result = middleware(env, noop_start)
     assert result is seen[0]  # the very object: the server may sendfile it
-    out = serve(middleware, {**environ(), "wsgi.file_wrapper": FileWrapper})
+    out = serve(middleware, {**environ(), "wsgi.file_wrapper": _FileWrapper})
     assert out.body == PAGE
     assert out.headers == [HTML, ("content-length", str(len(PAGE)))]
 
