@@ -224,10 +224,11 @@ class _LazySource:
     def release(self) -> None:
         """Break the environ -> source -> environ cycle at the end of the response: a source
         whose state is known lets go of the environ; one never asked (a non-HTML response)
-        keeps only the entries ``request_info`` reads, so ``environ["replay_middleware"]``
-        still answers after the response, from the same request. Without this, every
-        response left the environ and all it holds (the server's request, socket reader,
-        Flask's request object...) to the garbage collector (issue 10)."""
+        keeps only the environ's str entries (all that ``request_info`` reads), so
+        ``environ["replay_middleware"]`` still answers after the response, from the same
+        request. Without this, every response left the environ and all it holds (the
+        server's request, socket reader, Flask's request object...) to the garbage collector
+        (issue 10)."""
         environ = self._environ
         if self._state is not None:
             self._environ = {}
